@@ -1,0 +1,175 @@
+"""intercom-sso-gateway: company identity in front of intercom and PBX dashboards.
+
+:func:`create_app` is the only place where concrete parts are wired together.
+``gunicorn 'gateway:create_app()'`` reads the config named by ``SSO_GATEWAY_CONFIG``
+(or runs on defaults when it is unset).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the real imports happen inside create_app, after gunicorn's
+    # gevent worker has monkey-patched the process (importing redis/ssl earlier
+    # in the arbiter makes gevent warn and can break TLS)
+    from flask import Flask
+
+    from gateway.audit import AuditLog
+    from gateway.core.policy import PolicySet
+    from gateway.sessions.store import SessionStore
+    from gateway.settings import Settings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("gateway")
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    store: SessionStore | None = None,
+    policy: PolicySet | None = None,
+    audit: AuditLog | None = None,
+    clock: Callable[[], float] | None = None,
+) -> Flask:
+    """Build a gateway.  Every argument can be injected (tests); what is not
+    given is built from ``settings``."""
+    from flask import Flask
+
+    from gateway.assertion import AssertionSigner
+    from gateway.audit import AuditLog
+    from gateway.core.network import parse_networks
+    from gateway.policy_holder import PolicyHolder
+    from gateway.providers.local import LocalUsersProvider
+    from gateway.services import Services
+    from gateway.sessions.manager import SessionManager
+    from gateway.settings import CONFIG_ENV, load_settings
+    from gateway.throttle import LoginThrottle
+
+    if settings is None:
+        path = os.environ.get(CONFIG_ENV)
+        settings = load_settings(path)
+    clock = clock or time.time
+    audit = audit or AuditLog(settings.audit.destination)
+    data_dir = settings.resolve_path(settings.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    secret_key = _secret_key(settings, data_dir)
+    store = store or _build_store(settings)
+    policy_dir = settings.resolve_path(settings.policies_dir)
+    holder = PolicyHolder(policy_dir, audit, clock=clock, initial=policy)
+
+    local_users = None
+    if settings.providers.default == "local":
+        local_users = LocalUsersProvider(settings.resolve_path(settings.providers.local.users_file))
+
+    signer = None
+    if settings.jwt.enabled:
+        signer = AssertionSigner(
+            settings.resolve_path(settings.jwt.key_file)
+            if settings.jwt.key_file
+            else data_dir / "jwt-signing-key.json",
+            issuer=settings.jwt.issuer or settings.public_url or "intercom-sso-gateway",
+            audience=settings.jwt.audience,
+            lifetime=settings.jwt.lifetime,
+        )
+
+    if not settings.cookie.secure:
+        log.warning(
+            "cookie.secure is off: session cookies will be sent over plain HTTP. "
+            "Use this only for local development."
+        )
+        audit.emit("insecure_cookie_enabled", reason="cookie.secure is false")
+
+    cookie_prefix = ""
+    if settings.cookie.secure:
+        cookie_prefix = "__Host-" if settings.cookie.domain is None else "__Secure-"
+
+    services = Services(
+        settings=settings,
+        store=store,
+        sessions=SessionManager(store, secret_key, touch_interval=settings.session.touch_interval),
+        policy=holder,
+        audit=audit,
+        signer=signer,
+        local_users=local_users,
+        throttle=LoginThrottle(
+            store,
+            max_user_failures=settings.login.max_user_failures,
+            max_client_failures=settings.login.max_client_failures,
+            window=settings.login.failure_window,
+        ),
+        trusted_proxies=parse_networks(list(settings.network.trusted_proxies)),
+        clock=clock,
+        cookie_name=cookie_prefix + settings.cookie.name,
+        csrf_cookie_name=cookie_prefix + settings.cookie.name + "_csrf",
+        secret_key=secret_key,
+        identity_header_names=frozenset(n.lower() for n in settings.headers.all_names()),
+    )
+
+    app = Flask(__name__, template_folder="templates", static_folder=None)
+    app.config.update(SECRET_KEY=secret_key, MAX_CONTENT_LENGTH=64 * 1024)
+    app.extensions["gateway"] = services
+
+    from gateway.views import register
+
+    register(app)
+    app.wsgi_app = StripIdentityHeaders(  # type: ignore[method-assign]
+        app.wsgi_app, services.identity_header_names
+    )
+    return app
+
+
+class StripIdentityHeaders:
+    """WSGI middleware: inbound headers named like an identity header never reach
+    any view or upstream.  WSGI folds case and maps both '-' and '_' to '_', so
+    one environ key covers every spelling a client can send."""
+
+    def __init__(self, app: Any, names: frozenset[str]) -> None:
+        self.app = app
+        self.keys = frozenset("HTTP_" + n.upper().replace("-", "_") for n in names)
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        for key in self.keys:
+            environ.pop(key, None)
+        return self.app(environ, start_response)
+
+
+def _build_store(settings: Settings) -> SessionStore:
+    from gateway.sessions.file_store import FileStore
+    from gateway.sessions.memory_store import MemoryStore
+    from gateway.sessions.redis_store import RedisStore
+
+    if settings.session.store == "redis":
+        assert settings.session.redis_url is not None  # checked by settings
+        return RedisStore(
+            settings.session.redis_url.get_secret_value(),
+            socket_timeout=settings.session.redis_socket_timeout,
+        )
+    if settings.session.store == "memory":
+        return MemoryStore()
+    return FileStore(settings.sessions_dir)
+
+
+def _secret_key(settings: Settings, data_dir: Path) -> str:
+    if settings.secret_key is not None:
+        return settings.secret_key.get_secret_value()
+    path = data_dir / "secret-key"
+    if not path.exists():
+        tmp = path.with_name(f".secret-key.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(secrets.token_urlsafe(48))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_text(encoding="utf-8").strip()

@@ -1,0 +1,63 @@
+"""Audit log: one JSON object per line for every login, failure, denial, logout,
+expiry and revocation.
+
+Values that could be credentials never reach the log: keys named like a secret
+are dropped before writing, whatever the caller passed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+_FORBIDDEN_KEYS = frozenset(
+    {"password", "token", "cookie", "secret", "jwt", "assertion", "code", "csrf", "session_id"}
+)
+
+
+class AuditLog:
+    """Writes audit events.  ``destination`` is ``stderr``, ``stdout`` or a file path."""
+
+    def __init__(self, destination: str = "stderr", *, stream: TextIO | None = None) -> None:
+        self._logger = logging.Logger(f"gateway.audit.{id(self)}", level=logging.INFO)
+        handler: logging.Handler
+        if stream is not None:
+            handler = logging.StreamHandler(stream)
+        elif destination == "stdout":
+            handler = logging.StreamHandler(sys.stdout)
+        elif destination == "stderr":
+            handler = logging.StreamHandler(sys.stderr)
+        else:
+            Path(destination).parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(destination, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        self._logger.addHandler(handler)
+        self._listeners: list[Any] = []
+
+    def add_listener(self, listener: Any) -> None:
+        """Call ``listener(event_dict)`` for every event (tests, metrics)."""
+        self._listeners.append(listener)
+
+    def emit(self, event: str, **fields: Any) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "ts": round(time.time(), 3),
+            "type": "audit",
+            "event": event,
+        }
+        for key, value in fields.items():
+            if key.lower() in _FORBIDDEN_KEYS or value is None:
+                continue
+            record[key] = list(value) if isinstance(value, tuple) else value
+        self._logger.info(json.dumps(record, sort_keys=False, default=str))
+        for listener in self._listeners:
+            listener(record)
+        return record
+
+    def close(self) -> None:
+        for handler in list(self._logger.handlers):
+            handler.close()
+            self._logger.removeHandler(handler)

@@ -1,0 +1,54 @@
+"""Run the gateway under gunicorn, configured from the ``listen`` settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from gateway.settings import Settings
+
+
+class GatewayServer(BaseApplication):  # type: ignore[misc]
+    def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
+        self.settings = settings
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from gateway import create_app
+
+        return create_app(self.settings)
+
+
+def gunicorn_options(
+    settings: Settings, *, bind: str | None = None, workers: int | None = None
+) -> dict[str, Any]:
+    listen = settings.listen
+    return {
+        "bind": bind or f"{listen.host}:{listen.port}",
+        "workers": workers or listen.workers,
+        "worker_class": listen.worker_class,
+        "worker_connections": listen.worker_connections,
+        "timeout": listen.timeout,
+        "graceful_timeout": 10,
+        "keepalive": 30,
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": "info",
+        "proc_name": "sso-gateway",
+    }
+
+
+def run(
+    settings: Settings,
+    config_path: str | None,
+    *,
+    bind: str | None = None,
+    workers: int | None = None,
+) -> None:
+    GatewayServer(settings, gunicorn_options(settings, bind=bind, workers=workers)).run()

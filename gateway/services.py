@@ -1,0 +1,36 @@
+"""The parts one gateway instance is made of, built by ``create_app`` and read by
+the views through :func:`current`.  Nothing here builds anything."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network
+
+from gateway.assertion import AssertionSigner
+from gateway.audit import AuditLog
+from gateway.policy_holder import PolicyHolder
+from gateway.providers.local import LocalUsersProvider
+from gateway.sessions.manager import SessionManager
+from gateway.sessions.store import SessionStore
+from gateway.settings import Settings
+from gateway.throttle import LoginThrottle
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: SessionStore
+    sessions: SessionManager
+    policy: PolicyHolder
+    audit: AuditLog
+    signer: AssertionSigner | None
+    local_users: LocalUsersProvider | None
+    throttle: LoginThrottle
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...]
+    clock: Callable[[], float]
+    cookie_name: str
+    csrf_cookie_name: str
+    secret_key: str
+    # lower-cased names of every identity header (inbound copies are dropped)
+    identity_header_names: frozenset[str]

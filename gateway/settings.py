@@ -1,0 +1,331 @@
+"""Settings: one YAML file plus environment overrides, parsed once into frozen models.
+
+Loading never changes anything global.  Every problem is collected and reported
+together as :class:`gateway.core.errors.ConfigError` (file, key path, reason).
+
+Where values come from, in order of precedence:
+
+1. ``SSO_GATEWAY__<KEY>__<SUBKEY>=value`` environment variables (``__`` separates
+   levels, names are case-insensitive, values are read as YAML scalars), and
+   ``SSO_GATEWAY__<KEY>...__FILE=/path`` to read a value from a file (Kubernetes
+   Secrets mounted as files).
+2. The YAML file.  Any value in it may be written as ``{env: NAME}`` or
+   ``{file: /path}`` to take it from an environment variable or a file; secrets
+   should always be given that way.
+3. Defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from gateway.core.errors import ConfigError, Problem
+from gateway.core.network import parse_networks
+
+ENV_PREFIX = "SSO_GATEWAY__"
+CONFIG_ENV = "SSO_GATEWAY_CONFIG"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListenSettings(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    workers: int = Field(default=2, ge=1, le=64)
+    worker_class: Literal["gevent", "sync", "gthread"] = "gevent"
+    worker_connections: int = Field(default=1000, ge=1)
+    timeout: int = Field(default=30, ge=1)
+
+
+class CookieSettings(_Model):
+    name: str = Field(default="sso_gw", pattern=r"^[A-Za-z0-9_]{1,64}$")
+    secure: bool = True
+    domain: str | None = None
+    samesite: Literal["Lax", "Strict"] = "Lax"
+
+
+class SessionSettings(_Model):
+    store: Literal["file", "redis", "memory"] = "file"
+    redis_url: SecretStr | None = None
+    file_dir: Path | None = None
+    idle_timeout: int = Field(default=900, ge=30)
+    absolute_lifetime: int = Field(default=28800, ge=60)
+    warn_before: int = Field(default=120, ge=0)
+    touch_interval: int = Field(default=5, ge=0, le=300)
+    redis_socket_timeout: float = Field(default=1.0, gt=0, le=30)
+
+
+class NetworkSettings(_Model):
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _nets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        parse_networks(list(value))
+        return value
+
+
+class RedirectSettings(_Model):
+    allowed_domains: tuple[str, ...] = ()
+    default: str = "/.sso/userinfo"
+
+
+class HeaderSettings(_Model):
+    user: str = "X-Auth-Request-User"
+    email: str = "X-Auth-Request-Email"
+    groups: str = "X-Auth-Request-Groups"
+    tier: str = "X-Auth-Request-Tier"
+    jwt: str = "X-Auth-Request-Jwt"
+    # header name -> identity attributes tried in order (first non-empty wins)
+    extra: dict[str, tuple[str, ...]] = Field(
+        default_factory=lambda: {
+            "X-Auth-Request-Extension": ("ipPhone", "telephoneNumber"),
+            "X-Auth-Request-Department": ("department",),
+        }
+    )
+
+    @field_validator("user", "email", "groups", "tier", "jwt")
+    @classmethod
+    def _header_name(cls, value: str) -> str:
+        return _check_header_name(value)
+
+    @field_validator("extra")
+    @classmethod
+    def _extra_names(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        for name in value:
+            _check_header_name(name)
+        return value
+
+    def all_names(self) -> tuple[str, ...]:
+        return (self.user, self.email, self.groups, self.tier, self.jwt, *self.extra)
+
+
+class JwtSettings(_Model):
+    enabled: bool = True
+    audience: str = "intercom-upstreams"
+    issuer: str | None = None
+    lifetime: int = Field(default=60, ge=10, le=3600)
+    key_file: Path | None = None
+
+
+class LocalProviderSettings(_Model):
+    users_file: Path = Path("users.yaml")
+
+
+class ProviderSettings(_Model):
+    default: Literal["local"] = "local"
+    local: LocalProviderSettings = LocalProviderSettings()
+
+
+class LoginSettings(_Model):
+    max_user_failures: int = Field(default=5, ge=1)
+    max_client_failures: int = Field(default=20, ge=1)
+    failure_window: int = Field(default=900, ge=1)
+
+
+class AuditSettings(_Model):
+    destination: str = "stderr"  # stderr, stdout or a file path
+
+
+class Settings(_Model):
+    site_name: str = "Intercom SSO Gateway"
+    public_url: str | None = None
+    data_dir: Path = Path("var")
+    policies_dir: Path = Path("policies")
+    secret_key: SecretStr | None = None
+    listen: ListenSettings = ListenSettings()
+    cookie: CookieSettings = CookieSettings()
+    session: SessionSettings = SessionSettings()
+    network: NetworkSettings = NetworkSettings()
+    redirects: RedirectSettings = RedirectSettings()
+    headers: HeaderSettings = HeaderSettings()
+    jwt: JwtSettings = JwtSettings()
+    providers: ProviderSettings = ProviderSettings()
+    login: LoginSettings = LoginSettings()
+    audit: AuditSettings = AuditSettings()
+
+    # where the file came from, for relative paths and messages
+    source: str = Field(default="<defaults>", exclude=True)
+
+    def resolve_path(self, value: Path) -> Path:
+        """Relative paths in the config are relative to the config file's folder."""
+        if value.is_absolute() or self.source.startswith("<"):
+            return value
+        return Path(self.source).resolve().parent / value
+
+    @property
+    def sessions_dir(self) -> Path:
+        if self.session.file_dir is not None:
+            return self.resolve_path(self.session.file_dir)
+        return self.resolve_path(self.data_dir) / "sessions"
+
+
+def _check_header_name(value: str) -> str:
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", value):
+        raise ValueError("a header name is letters, digits and '-' only")
+    return value
+
+
+# -- loading ------------------------------------------------------------------
+
+
+def load_settings(
+    path: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Parse the config file (or defaults when ``path`` is None) plus environment
+    overrides.  Raises ConfigError listing every problem."""
+    env = os.environ if environ is None else environ
+    problems: list[Problem] = []
+    source = str(path) if path is not None else "<defaults>"
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_yaml(Path(path), problems)
+    _apply_env_overrides(raw, env, problems)
+    raw = _resolve_refs(raw, source, "", env, problems)
+    if problems:
+        raise ConfigError(problems)
+    try:
+        settings = Settings.model_validate({**raw, "source": source})
+    except ValidationError as exc:
+        for err in exc.errors():
+            key = _key_path(err.get("loc", ()))
+            problems.append(Problem(source, key, _reason(err)))
+        raise ConfigError(problems) from None
+    problems.extend(_cross_checks(settings))
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def _read_yaml(path: Path, problems: list[Problem]) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        problems.append(Problem(str(path), "", f"cannot read: {exc.strerror or exc}"))
+        return {}
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problems.append(Problem(str(path), where, f"YAML syntax error: {exc}"))
+        return {}
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        problems.append(Problem(str(path), "", "the top level must be a mapping"))
+        return {}
+    return data
+
+
+def _apply_env_overrides(
+    raw: dict[str, Any], env: Mapping[str, str], problems: list[Problem]
+) -> None:
+    for name in sorted(env):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+        if not parts:
+            continue
+        from_file = False
+        if parts[-1].endswith("_file") and len(parts[-1]) > 5:
+            parts[-1] = parts[-1][: -len("_file")]
+            from_file = True
+        elif parts[-1] == "file" and len(parts) > 1:
+            parts = parts[:-1]
+            from_file = True
+        value: Any
+        if from_file:
+            value = {"file": env[name]}
+        else:
+            try:
+                value = yaml.safe_load(env[name]) if env[name] else ""
+            except yaml.YAMLError:
+                value = env[name]
+            if isinstance(value, dict | list):
+                value = env[name]
+        node = raw
+        ok = True
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                problems.append(Problem(f"env {name}", ".".join(parts), "overrides a non-mapping"))
+                ok = False
+                break
+            node = child
+        if ok:
+            node[parts[-1]] = value
+
+
+def _resolve_refs(
+    node: Any, source: str, path: str, env: Mapping[str, str], problems: list[Problem]
+) -> Any:
+    """Replace ``{env: NAME}`` and ``{file: PATH}`` mappings by what they point at."""
+    if isinstance(node, dict):
+        keys = set(node)
+        if keys == {"env"} and isinstance(node["env"], str):
+            value = env.get(node["env"])
+            if value is None:
+                problems.append(
+                    Problem(source, path, f"environment variable {node['env']} is not set")
+                )
+                return None
+            return value
+        if keys == {"file"} and isinstance(node["file"], str):
+            try:
+                return Path(node["file"]).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                problems.append(
+                    Problem(source, path, f"cannot read {node['file']}: {exc.strerror or exc}")
+                )
+                return None
+        return {
+            k: _resolve_refs(v, source, f"{path}.{k}" if path else str(k), env, problems)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_resolve_refs(v, source, f"{path}[{i}]", env, problems) for i, v in enumerate(node)]
+    return node
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _reason(err: Mapping[str, Any]) -> str:
+    if err.get("type") == "extra_forbidden":
+        return "unknown key"
+    msg = str(err.get("msg", "invalid value"))
+    return msg.removeprefix("Value error, ")
+
+
+def _cross_checks(settings: Settings) -> list[Problem]:
+    problems: list[Problem] = []
+    src = settings.source
+    if settings.session.store == "redis" and settings.session.redis_url is None:
+        problems.append(Problem(src, "session.redis_url", "required when session.store is 'redis'"))
+    if settings.session.idle_timeout > settings.session.absolute_lifetime:
+        problems.append(
+            Problem(src, "session.idle_timeout", "must not exceed session.absolute_lifetime")
+        )
+    if settings.cookie.domain is not None and not settings.cookie.domain.strip("."):
+        problems.append(Problem(src, "cookie.domain", "must name a domain"))
+    if settings.redirects.default and not settings.redirects.default.startswith("/"):
+        problems.append(Problem(src, "redirects.default", "must be a path starting with '/'"))
+    return problems

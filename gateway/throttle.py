@@ -1,0 +1,111 @@
+"""Login throttling: failure counters per username and per client address.
+
+The check runs BEFORE the password is verified.  Counters are kept for every
+name tried, existing or not, so a throttled answer never tells whether a user
+exists.  Usernames are stored hashed (SHA-256 of the lowercased name) so the
+store holds no list of names people typed, and a name's counter does not depend
+on how it was capitalised.
+
+A counter disappears ``window`` seconds after its first failure (a fixed window,
+as the session store's ``incr`` defines it).  A successful login forgets the
+user's counter, but not the client's: one address guessing many accounts stays
+limited.
+
+Store failures surface as :class:`StoreUnavailable`; callers fail closed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from gateway.core.errors import StoreUnavailable, Throttled
+from gateway.sessions.store import SessionStore
+
+__all__ = ["LoginThrottle", "client_key", "user_key"]
+
+USER_PREFIX = "throttle:user:"
+CLIENT_PREFIX = "throttle:ip:"
+
+
+def user_key(username: str) -> str:
+    digest = hashlib.sha256(username.lower().encode("utf-8", "surrogatepass")).hexdigest()
+    return USER_PREFIX + digest
+
+
+def client_key(client_ip: str) -> str:
+    return CLIENT_PREFIX + client_ip
+
+
+class LoginThrottle:
+    """Refuses login attempts once a user or a client address failed too often."""
+
+    def __init__(
+        self,
+        store: SessionStore,
+        *,
+        max_user_failures: int = 5,
+        max_client_failures: int = 20,
+        window: float = 900,
+    ) -> None:
+        if isinstance(max_user_failures, bool) or max_user_failures < 1:
+            raise ValueError("max_user_failures must be at least 1")
+        if isinstance(max_client_failures, bool) or max_client_failures < 1:
+            raise ValueError("max_client_failures must be at least 1")
+        if not window > 0:
+            raise ValueError("window must be positive")
+        self._store = store
+        self.max_user_failures = max_user_failures
+        self.max_client_failures = max_client_failures
+        self.window = float(window)
+
+    def check(self, username: str, client_ip: str) -> None:
+        """Raise Throttled('throttled-user' | 'throttled-client') when over a limit.
+
+        Both counters are read on every call, whatever the outcome.
+        """
+        user_failures = self._get(user_key(username))
+        client_failures = self._get(client_key(client_ip))
+        if user_failures >= self.max_user_failures:
+            raise Throttled("throttled-user")
+        if client_failures >= self.max_client_failures:
+            raise Throttled("throttled-client")
+
+    def record_failure(self, username: str, client_ip: str) -> None:
+        """Count one failed attempt for the name (known or not) and the address."""
+        self._incr(user_key(username))
+        self._incr(client_key(client_ip))
+
+    def record_success(self, username: str, client_ip: str) -> None:
+        """Forget the user's failures; the client's failures stay counted."""
+        try:
+            self._store.reset_counter(user_key(username))
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            raise StoreUnavailable(f"throttle counter reset failed: {exc}") from exc
+
+    # -- store access: anything unexpected becomes StoreUnavailable ----------
+
+    def _get(self, key: str) -> int:
+        try:
+            value = self._store.get_counter(key)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            raise StoreUnavailable(f"throttle counter read failed: {exc}") from exc
+        return _as_count(value)
+
+    def _incr(self, key: str) -> int:
+        try:
+            value = self._store.incr(key, self.window)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            raise StoreUnavailable(f"throttle counter update failed: {exc}") from exc
+        return _as_count(value)
+
+
+def _as_count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise StoreUnavailable("throttle counter holds an invalid value")
+    return value

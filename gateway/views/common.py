@@ -1,0 +1,181 @@
+"""Helpers shared by the views: the request being judged, the session behind the
+cookie, and cookie writing.  Translation only: decisions are made in the core."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import quote, urlsplit
+
+from flask import Response, current_app, request
+
+from gateway.core.errors import AmbiguousPath
+from gateway.core.model import RequestInfo
+from gateway.core.network import client_address, ip_in
+from gateway.core.paths import normalise_path
+from gateway.services import Services
+from gateway.sessions.manager import Expired, Session
+
+_METHOD = re.compile(r"^[A-Z]{1,16}$")
+_HOST = re.compile(r"^[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
+
+FORWARD_HEADERS = (
+    "X-Original-URL",
+    "X-Original-Method",
+    "X-Forwarded-Method",
+    "X-Forwarded-Host",
+    "X-Forwarded-Uri",
+    "X-Forwarded-Proto",
+    "X-Forwarded-For",
+)
+
+
+def services() -> Services:
+    svc: Services = current_app.extensions["gateway"]
+    return svc
+
+
+def remote_addr() -> str:
+    return request.remote_addr or ""
+
+
+def from_trusted_proxy(svc: Services) -> bool:
+    return ip_in(remote_addr(), svc.trusted_proxies)
+
+
+def client_ip(svc: Services) -> str:
+    return client_address(
+        remote_addr(), request.headers.get("X-Forwarded-For"), svc.trusted_proxies
+    )
+
+
+def request_host() -> str:
+    return (request.host or "").lower()
+
+
+@dataclass(frozen=True)
+class Judged:
+    """The request to judge, plus whether it came from the proxy's headers."""
+
+    info: RequestInfo
+    raw_uri: str
+    forwarded: bool
+
+
+def original_request(svc: Services) -> Judged:
+    """The original request a forward-auth call asks about.
+
+    The ``X-Original-*`` / ``X-Forwarded-*`` headers are believed only from a
+    trusted proxy address; from anyone else the request is judged as itself.
+    Raises AmbiguousPath when the path or method cannot be read unambiguously.
+    """
+    ip = client_ip(svc)
+    headers = request.headers
+    if from_trusted_proxy(svc):
+        original_url = headers.get("X-Original-URL")
+        if original_url:
+            parts = urlsplit(original_url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise AmbiguousPath("X-Original-URL is not an absolute http(s) URL")
+            method = headers.get("X-Original-Method") or headers.get("X-Forwarded-Method") or "GET"
+            raw = parts.path or "/"
+            raw_uri = raw + (f"?{parts.query}" if parts.query else "")
+            return Judged(_info(parts.netloc, raw, method, ip, parts.scheme), raw_uri, True)
+        uri = headers.get("X-Forwarded-Uri")
+        fhost = headers.get("X-Forwarded-Host")
+        if uri or fhost:
+            uri = uri or "/"
+            raw = uri.split("?", 1)[0]  # a '#' left in is refused by normalise_path
+            scheme = (headers.get("X-Forwarded-Proto") or request.scheme).split(",")[0].strip()
+            method = headers.get("X-Forwarded-Method") or "GET"
+            host = (fhost or request.host or "").split(",")[0].strip()
+            return Judged(_info(host, raw, method, ip, scheme), uri, True)
+    raw_uri = (
+        request.environ.get("RAW_URI")
+        or request.environ.get("REQUEST_URI")
+        or request.environ.get("SCRIPT_NAME", "") + _quote(request.environ.get("PATH_INFO", "/"))
+    )
+    raw = raw_uri.split("?", 1)[0]
+    return Judged(_info(request.host, raw, request.method, ip, request.scheme), raw_uri, False)
+
+
+def untrusted_forward_headers(svc: Services) -> list[str]:
+    """Names of original-request headers sent by an address we do not trust."""
+    if from_trusted_proxy(svc):
+        return []
+    return [h for h in FORWARD_HEADERS[:-1] if h in request.headers]
+
+
+def _quote(path_info: str) -> str:
+    """Re-encode a decoded WSGI PATH_INFO (latin-1 carried UTF-8 bytes)."""
+    return quote(path_info.encode("latin-1").decode("utf-8", "replace"), safe="/;=@:+$,!*'()&~")
+
+
+def _info(host: str, raw_path: str, method: str, ip: str, scheme: str) -> RequestInfo:
+    method = method.strip().upper()
+    if not _METHOD.match(method):
+        raise AmbiguousPath("the original method is not a valid HTTP method")
+    host = host.strip().lower()
+    if not _HOST.match(host):
+        raise AmbiguousPath("the original host is not a valid host name")
+    if scheme not in ("http", "https"):
+        scheme = "https"
+    return RequestInfo(
+        host=host, path=normalise_path(raw_path), method=method, client_ip=ip, scheme=scheme
+    )
+
+
+def now_dt(svc: Services, now: float) -> datetime:
+    return datetime.fromtimestamp(now, tz=UTC)
+
+
+def load_session(svc: Services, now: float) -> Session | Expired | None:
+    """The session behind the cookie.  A tampered cookie counts as none (and is
+    audited); store failures raise StoreUnavailable."""
+    cookie = request.cookies.get(svc.cookie_name)
+    if cookie is None:
+        return None
+    key = svc.sessions.key_from_cookie(cookie)
+    if key is None:
+        svc.audit.emit("invalid_cookie", client_ip=client_ip(svc), reason="bad signature or format")
+        return None
+    result = svc.sessions.load(key, now)
+    if isinstance(result, Expired):
+        svc.audit.emit("session_expired", user=result.user, session=result.key[:12], why=result.why)
+        if svc.signer is not None:
+            svc.signer.forget(result.key)
+    return result
+
+
+def set_session_cookie(svc: Services, response: Response, value: str, max_age: int) -> None:
+    c = svc.settings.cookie
+    response.set_cookie(
+        svc.cookie_name,
+        value,
+        max_age=max_age,
+        path="/",
+        domain=c.domain,
+        secure=c.secure,
+        httponly=True,
+        samesite=c.samesite,
+    )
+
+
+def clear_session_cookie(svc: Services, response: Response) -> None:
+    c = svc.settings.cookie
+    response.delete_cookie(
+        svc.cookie_name,
+        path="/",
+        domain=c.domain,
+        secure=c.secure,
+        httponly=True,
+        samesite=c.samesite,
+    )
+
+
+def wants_json() -> bool:
+    if request.headers.get("X-Requested-With", "").lower() == "xmlhttprequest":
+        return True
+    best = request.accept_mimetypes.best_match(["text/html", "application/json"])
+    return best == "application/json"

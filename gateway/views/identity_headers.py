@@ -1,0 +1,39 @@
+"""The identity headers an upstream receives (on the forward-auth 2xx answer, or
+on the proxied request)."""
+
+from __future__ import annotations
+
+import re
+
+from gateway.core.model import Identity
+from gateway.settings import HeaderSettings
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def header_value(value: str) -> str:
+    """A header-safe rendering: control characters removed, UTF-8 on the wire
+    (WSGI carries header values as latin-1 strings)."""
+    cleaned = _CONTROL.sub("", value)
+    return cleaned.encode("utf-8").decode("latin-1")
+
+
+def identity_headers(
+    cfg: HeaderSettings, identity: Identity, tier: str | None, jwt: str | None
+) -> list[tuple[str, str]]:
+    groups = ",".join(g.replace(",", "%2C") for g in identity.groups)
+    out = [
+        (cfg.user, header_value(identity.subject)),
+        (cfg.email, header_value(identity.email)),
+        (cfg.groups, header_value(groups)),
+        (cfg.tier, header_value(tier or "")),
+    ]
+    if jwt:
+        out.append((cfg.jwt, jwt))
+    for name, attributes in cfg.extra.items():
+        for attribute in attributes:
+            value = identity.attributes.get(attribute)
+            if value:
+                out.append((name, header_value(value)))
+                break
+    return out

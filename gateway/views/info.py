@@ -1,0 +1,109 @@
+"""``/.sso/userinfo``, ``/.sso/session``, ``/.sso/jwks.json``, ``/.sso/healthz``
+and ``/.sso/readyz``."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from flask import Blueprint, Response
+
+from gateway.core.errors import StoreUnavailable
+from gateway.sessions.manager import Session
+from gateway.views.common import load_session, services, wants_json
+from gateway.views.respond import json_answer, page, redirect_to, unavailable
+
+bp = Blueprint("info", __name__)
+
+
+@bp.route("/.sso/userinfo", methods=["GET"])
+def userinfo() -> Response:
+    svc = services()
+    now = svc.clock()
+    try:
+        loaded = load_session(svc, now)
+    except StoreUnavailable as exc:
+        svc.audit.emit("store_unavailable", where="/.sso/userinfo", detail=str(exc))
+        return unavailable("session store unavailable")
+    if not isinstance(loaded, Session):
+        if wants_json():
+            return json_answer(401, {"error": "login_required"})
+        return redirect_to("/.sso/login?" + urlencode({"rd": "/.sso/userinfo"}), code=302)
+    ident = loaded.identity
+    body: dict[str, object] = {
+        "user": ident.subject,
+        "name": ident.name,
+        "email": ident.email,
+        "provider": ident.provider,
+        "tier": loaded.tier,
+        "groups": list(ident.groups),
+        "mfa": ident.mfa,
+        "auth_time": int(ident.auth_time),
+        "idle_remaining": int(loaded.idle_remaining(now)),
+        "absolute_remaining": int(loaded.absolute_remaining(now)),
+        "attributes": dict(ident.attributes),
+    }
+    if wants_json():
+        return json_answer(200, body)
+    return page(
+        "userinfo.html",
+        200,
+        site_name=svc.settings.site_name,
+        info=body,
+        warn_before=svc.settings.session.warn_before,
+    )
+
+
+@bp.route("/.sso/session", methods=["GET"])
+def session_state() -> Response:
+    """Remaining idle and absolute seconds, without extending either."""
+    svc = services()
+    now = svc.clock()
+    try:
+        loaded = load_session(svc, now)
+    except StoreUnavailable as exc:
+        svc.audit.emit("store_unavailable", where="/.sso/session", detail=str(exc))
+        return unavailable("session store unavailable")
+    if not isinstance(loaded, Session):
+        return json_answer(401, {"authenticated": False})
+    remaining = int(loaded.remaining(now))
+    return json_answer(
+        200,
+        {
+            "authenticated": True,
+            "user": loaded.identity.subject,
+            "idle_remaining": int(loaded.idle_remaining(now)),
+            "absolute_remaining": int(loaded.absolute_remaining(now)),
+            "expires_in": remaining,
+            "warn": remaining <= svc.settings.session.warn_before,
+        },
+    )
+
+
+@bp.route("/.sso/jwks.json", methods=["GET"])
+def jwks() -> Response:
+    svc = services()
+    keys = svc.signer.jwks() if svc.signer is not None else {"keys": []}
+    resp = json_answer(200, keys)
+    resp.headers["Cache-Control"] = "public, max-age=300"
+    return resp
+
+
+@bp.route("/.sso/healthz", methods=["GET"])
+def healthz() -> Response:
+    return json_answer(200, {"status": "ok"})
+
+
+@bp.route("/.sso/readyz", methods=["GET"])
+def readyz() -> Response:
+    svc = services()
+    checks: dict[str, object] = {}
+    ok = True
+    try:
+        svc.store.ping()
+        checks["store"] = "ok"
+    except StoreUnavailable as exc:
+        checks["store"] = f"unavailable: {exc}"
+        ok = False
+    policy_error = svc.policy.last_error
+    checks["policy"] = "ok" if policy_error is None else "last reload failed; previous in force"
+    return json_answer(200 if ok else 503, {"status": "ok" if ok else "unavailable", **checks})

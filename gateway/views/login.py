@@ -1,0 +1,246 @@
+"""``/.sso/login`` (the sign-in form of the local users provider) and ``/.sso/logout``."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from flask import Blueprint, Response, request
+
+from gateway.core.errors import (
+    AmbiguousPath,
+    AuthenticationFailed,
+    StoreUnavailable,
+    Throttled,
+    UnsafeRedirect,
+)
+from gateway.core.model import Outcome, RequestInfo
+from gateway.core.paths import normalise_path
+from gateway.core.redirects import safe_redirect
+from gateway.services import Services
+from gateway.sessions.manager import Session
+from gateway.views import csrf
+from gateway.views.common import (
+    clear_session_cookie,
+    client_ip,
+    load_session,
+    now_dt,
+    request_host,
+    services,
+    set_session_cookie,
+)
+from gateway.views.respond import page, redirect_to
+
+bp = Blueprint("login", __name__)
+
+GENERIC_FAILURE = "Sign-in failed. Check your user name and password."
+
+
+def _safe_rd(svc: Services, target: str) -> str | None:
+    """The checked redirect target, '' when none was given, None when refused."""
+    if not target:
+        return ""
+    try:
+        return safe_redirect(
+            target,
+            request_host=request_host(),
+            request_scheme=request.scheme,
+            allowed_domains=svc.settings.redirects.allowed_domains,
+        )
+    except UnsafeRedirect as exc:
+        svc.audit.emit(
+            "redirect_refused", target=target[:200], reason=str(exc), client_ip=client_ip(svc)
+        )
+        return None
+
+
+def _needs_fresh_login(svc: Services, session: Session, rd: str, now: float) -> bool:
+    """Would the existing session be sent back to log in for ``rd``?  Then show
+    the form instead of redirecting (that redirect would loop)."""
+    parts = urlsplit(rd or svc.settings.redirects.default)
+    host = (parts.netloc or request_host()).lower()
+    try:
+        path = normalise_path(parts.path or "/")
+    except AmbiguousPath:
+        return False
+    info = RequestInfo(host=host, path=path, method="GET", client_ip=client_ip(svc))
+    decision = svc.policy.current.evaluate(session.identity, info, now_dt(svc, now))
+    return decision.outcome is Outcome.LOGIN
+
+
+def _form(
+    svc: Services, *, rd: str, status: int = 200, error: str | None = None, username: str = ""
+) -> Response:
+    nonce, token = csrf.issue(svc)
+    resp = page(
+        "login.html",
+        status,
+        site_name=svc.settings.site_name,
+        rd=rd,
+        csrf_token=token,
+        error=error,
+        username=username,
+    )
+    csrf.set_cookie(svc, resp, nonce)
+    return resp
+
+
+@bp.route("/.sso/login", methods=["GET"])
+def login_form() -> Response:
+    svc = services()
+    now = svc.clock()
+    rd = _safe_rd(svc, request.args.get("rd", ""))
+    if rd is None:
+        return page(
+            "error.html",
+            400,
+            site_name=svc.settings.site_name,
+            title="Redirect refused",
+            message="The page you came from asked to return to an address this "
+            "gateway does not serve.",
+        )
+    try:
+        loaded = load_session(svc, now)
+    except StoreUnavailable as exc:
+        svc.audit.emit("store_unavailable", where="/.sso/login", detail=str(exc))
+        return page(
+            "error.html",
+            503,
+            site_name=svc.settings.site_name,
+            title="Temporarily unavailable",
+            message="Sign-in is unavailable right now. Try again in a moment.",
+        )
+    if isinstance(loaded, Session) and not _needs_fresh_login(svc, loaded, rd, now):
+        return redirect_to(rd or svc.settings.redirects.default, code=303)
+    return _form(svc, rd=rd)
+
+
+@bp.route("/.sso/login", methods=["POST"])
+def login_submit() -> Response:
+    svc = services()
+    now = svc.clock()
+    ip = client_ip(svc)
+    form_rd = request.form.get("rd", "")
+    rd = _safe_rd(svc, form_rd)
+    if rd is None:
+        return page(
+            "error.html",
+            400,
+            site_name=svc.settings.site_name,
+            title="Redirect refused",
+            message="The sign-in form asked to return to an address this gateway does not serve.",
+        )
+    username = request.form.get("username", "").strip()
+    password = request.form.get("password", "")
+    if not csrf.valid(svc, request.form.get("csrf_token")):
+        svc.audit.emit("login_failed", user=username[:64], reason="csrf", client_ip=ip)
+        return _form(
+            svc,
+            rd=rd,
+            status=400,
+            username=username,
+            error="Your sign-in form expired. Please try again.",
+        )
+    if svc.local_users is None:
+        return _form(svc, rd=rd, status=404, error="Password sign-in is not enabled here.")
+    try:
+        svc.throttle.check(username, ip)
+        svc.local_users.reload()  # picks up `sso-gateway users ...` changes (one stat)
+        try:
+            identity = svc.local_users.authenticate(username, password, now=now)
+        except AuthenticationFailed:
+            svc.throttle.record_failure(username, ip)
+            raise
+        svc.throttle.record_success(username, ip)
+        policy = svc.policy.current
+        tier = policy.primary_tier(identity, ip, now_dt(svc, now))
+        limits = policy.session_limits(
+            identity, ip, svc.settings.session.idle_timeout, svc.settings.session.absolute_lifetime
+        )
+        old = load_session(svc, now)
+        if isinstance(old, Session):
+            svc.sessions.delete(old.key)
+        cookie, session = svc.sessions.create(
+            identity,
+            tier=tier.name if tier is not None else None,
+            idle=limits.idle,
+            absolute=limits.absolute,
+            client_ip=ip,
+            now=now,
+        )
+    except Throttled as exc:
+        svc.audit.emit(
+            "login_failed", user=username[:64], provider="local", reason=exc.reason, client_ip=ip
+        )
+        return _form(
+            svc,
+            rd=rd,
+            status=429,
+            username=username,
+            error="Too many failed sign-ins. Wait a few minutes and try again.",
+        )
+    except AuthenticationFailed as exc:
+        svc.audit.emit(
+            "login_failed", user=username[:64], provider="local", reason=exc.reason, client_ip=ip
+        )
+        return _form(svc, rd=rd, status=401, username=username, error=GENERIC_FAILURE)
+    except StoreUnavailable as exc:
+        svc.audit.emit("store_unavailable", where="/.sso/login", detail=str(exc))
+        return page(
+            "error.html",
+            503,
+            site_name=svc.settings.site_name,
+            title="Temporarily unavailable",
+            message="Sign-in is unavailable right now. Try again in a moment.",
+        )
+    svc.audit.emit(
+        "login",
+        user=identity.subject,
+        provider=identity.provider,
+        tier=session.tier,
+        groups=identity.groups,
+        session=session.short_id,
+        client_ip=ip,
+        idle=session.idle,
+        absolute=session.absolute,
+        limits=limits.reasons,
+    )
+    resp: Response = redirect_to(rd or svc.settings.redirects.default, code=303)
+    set_session_cookie(svc, resp, cookie, session.absolute)
+    return resp
+
+
+@bp.route("/.sso/logout", methods=["GET", "POST"])
+def logout() -> Response:
+    svc = services()
+    now = svc.clock()
+    rd = _safe_rd(svc, request.values.get("rd", ""))
+    try:
+        loaded = load_session(svc, now)
+        if isinstance(loaded, Session):
+            svc.sessions.delete(loaded.key)
+            if svc.signer is not None:
+                svc.signer.forget(loaded.key)
+            svc.audit.emit(
+                "logout",
+                user=loaded.identity.subject,
+                session=loaded.short_id,
+                client_ip=client_ip(svc),
+            )
+    except StoreUnavailable as exc:
+        svc.audit.emit("store_unavailable", where="/.sso/logout", detail=str(exc))
+        resp = page(
+            "error.html",
+            503,
+            site_name=svc.settings.site_name,
+            title="Temporarily unavailable",
+            message="Sign-out could not reach the session store. Your browser's "
+            "session cookie has been removed; try again in a moment.",
+        )
+        clear_session_cookie(svc, resp)
+        return resp
+    if rd:
+        resp = redirect_to(rd, code=303)
+    else:
+        resp = page("logged_out.html", 200, site_name=svc.settings.site_name)
+    clear_session_cookie(svc, resp)
+    return resp

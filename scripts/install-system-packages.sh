@@ -1,0 +1,31 @@
+#!/bin/sh
+# Install the Debian packages the test suite needs, when we can (root + apt-get).
+# Each package is checked by its main command first, so a prepared machine does
+# not run apt at all.
+set -eu
+missing=""
+for pkg in "$@"; do
+  case "$pkg" in
+    redis-server) cmd=redis-server ;;
+    nginx-light|nginx) cmd=nginx ;;
+    chromium) cmd=chromium ;;
+    wrk) cmd=wrk ;;
+    *) cmd="$pkg" ;;
+  esac
+  if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ]; then
+    missing="$missing $pkg"
+  fi
+done
+if [ -z "$missing" ]; then
+  exit 0
+fi
+if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing system packages:$missing"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # shellcheck disable=SC2086
+  apt-get install -y -qq $missing >/dev/null
+else
+  echo "warning: missing system packages:$missing (not root or no apt-get);" \
+       "tests needing them will be skipped (or fail under CI=true)" >&2
+fi

@@ -1,0 +1,179 @@
+"""Real protocol peers for the tests, started on loopback ports the test picks.
+
+Each peer runs as a child process of the test run, in its own temporary
+directory, and is stopped by its PID.  Nothing here touches services the machine
+already runs (e.g. a system Redis on 6379).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import pytest
+
+_SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def require_binary(name: str, reason: str) -> str:
+    """The path of executable ``name``; otherwise skip the test with ``reason``
+    (or fail it when running under CI, where every peer must be installed)."""
+    search = os.pathsep.join([os.environ.get("PATH", os.defpath), *_SBIN])
+    path = shutil.which(name, path=search)
+    if path is not None:
+        return path
+    message = f"{name} is not installed: {reason}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+class RedisServer:
+    """A private ``redis-server`` without persistence.
+
+    ``start()`` launches it (and waits for PING), ``stop()`` ends it by PID,
+    ``start()`` again brings it back on the same port for outage tests.
+    """
+
+    def __init__(self, binary: str | None = None, *, port: int | None = None) -> None:
+        self.binary = binary or require_binary("redis-server", "needed for the Redis tests")
+        self.port = port if port is not None else free_port()
+        self._port_fixed = port is not None
+        self.directory = Path(tempfile.mkdtemp(prefix="ssogw-redis-"))
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self.running and self._process else None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the server (no-op when running) and wait until it answers PING."""
+        if self.running:
+            return
+        for _ in range(3):
+            self._launch()
+            if self._wait_ready(timeout):
+                self._port_fixed = True  # restarts must come back on the same port
+                return
+            self.stop()
+            if self._port_fixed:
+                break
+            self.port = free_port()  # lost a race for the port: try another one
+        raise RuntimeError(f"redis-server did not start on port {self.port}:\n{self._log_tail()}")
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): it accepts connections but never answers."""
+        if self._process is not None and self.running:
+            os.kill(self._process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Undo :meth:`pause`."""
+        if self._process is not None and self.running:
+            os.kill(self._process.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        """Terminate the server by its PID and wait for it to exit."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGCONT)  # a paused server cannot act on SIGTERM
+            os.kill(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+
+    def flush(self) -> None:
+        """Delete every key."""
+        reply = self._command(b"FLUSHALL")
+        if reply != b"+OK":
+            raise RuntimeError(f"FLUSHALL answered {reply!r}")
+
+    def close(self) -> None:
+        """Stop the server and remove its directory."""
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- internals ----------------------------------------------------------------
+    def _launch(self) -> None:
+        args = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(self.directory),
+            "--logfile", str(self.directory / "redis.log"),
+            "--daemonize", "no",
+        ]  # fmt: skip
+        self._process = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+    def _wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running:
+                return False
+            try:
+                if self._command(b"PING") == b"+PONG":
+                    return True
+            except OSError:
+                pass
+            time.sleep(0.02)
+        return False
+
+    def _command(self, command: bytes) -> bytes:
+        """Send one inline command and return the first line of the reply."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+            sock.sendall(command + b"\r\n")
+            reply = b""
+            while not reply.endswith(b"\r\n"):
+                chunk = sock.recv(256)
+                if not chunk:
+                    break
+                reply += chunk
+        return reply.strip()
+
+    def _log_tail(self) -> str:
+        try:
+            return (self.directory / "redis.log").read_text(errors="replace")[-2000:]
+        except OSError:
+            return "(no log)"

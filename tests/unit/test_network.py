@@ -1,0 +1,94 @@
+"""Networks, membership and the client address behind trusted proxies."""
+
+from __future__ import annotations
+
+from ipaddress import ip_network
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.core.network import client_address, ip_in, parse_address, parse_networks
+
+TRUSTED = parse_networks(["10.0.0.0/8", "fd00::/8"])
+
+
+def test_parse_networks() -> None:
+    nets = parse_networks(["10.20.30.0/24", "2001:db8::/32", "192.0.2.7", " 172.16.0.0/12 "])
+    assert nets == (
+        ip_network("10.20.30.0/24"),
+        ip_network("2001:db8::/32"),
+        ip_network("192.0.2.7/32"),
+        ip_network("172.16.0.0/12"),
+    )
+    assert parse_networks([]) == ()
+
+
+@pytest.mark.parametrize(
+    "bad", ["10.20.30.5/24", "10.0.0.0/33", "300.1.1.1", "intercom", "", "  ", "10.0.0.0/8/8"]
+)
+def test_parse_networks_refuses(bad: str) -> None:
+    with pytest.raises(ValueError, match="network"):
+        parse_networks(["10.0.0.0/8", bad])
+
+
+def test_ip_in() -> None:
+    assert ip_in("10.1.2.3", TRUSTED)
+    assert ip_in("fd12::1", TRUSTED)
+    assert ip_in("[fd12::1]", TRUSTED)
+    assert ip_in("::ffff:10.1.2.3", TRUSTED)
+    assert not ip_in("11.1.2.3", TRUSTED)
+    assert not ip_in("::ffff:11.1.2.3", TRUSTED)
+    assert not ip_in("", TRUSTED)
+    assert not ip_in("garbage", TRUSTED)
+    assert not ip_in("10.1.2.3:80", TRUSTED)
+    assert not ip_in("fd00::1%eth0", TRUSTED)
+    assert not ip_in("010.1.2.3", TRUSTED)
+    assert not ip_in("10.1.2.3", ())
+    mapped_net = parse_networks(["::ffff:192.0.2.0/120"])
+    assert ip_in("192.0.2.9", mapped_net)
+
+
+def test_parse_address() -> None:
+    assert str(parse_address(" [2001:db8::1] ")) == "2001:db8::1"
+    assert parse_address("unknown") is None
+    assert parse_address("fe80::1%25eth0") is None
+
+
+@pytest.mark.parametrize(
+    ("remote", "xff", "expected"),
+    [
+        # the peer is not a trusted proxy: its own address, whatever it claims
+        ("203.0.113.9", "1.2.3.4", "203.0.113.9"),
+        ("203.0.113.9", None, "203.0.113.9"),
+        # a trusted proxy without a header
+        ("10.0.0.2", None, "10.0.0.2"),
+        ("10.0.0.2", "", "10.0.0.2"),
+        # one proxy
+        ("10.0.0.2", "198.51.100.7", "198.51.100.7"),
+        # a chain: the rightmost untrusted address wins, spoofed left entries ignored
+        ("10.0.0.2", "1.1.1.1, 198.51.100.7, 10.0.0.9", "198.51.100.7"),
+        ("10.0.0.2", "1.1.1.1,198.51.100.7,10.0.0.9,10.0.0.3", "198.51.100.7"),
+        # everything trusted: the leftmost trusted hop
+        ("10.0.0.2", "10.0.0.5, 10.0.0.9", "10.0.0.5"),
+        # malformed entries stop the walk at the last trusted hop
+        ("10.0.0.2", "198.51.100.7, unknown", "10.0.0.2"),
+        ("10.0.0.2", "198.51.100.7, 10.0.0.9, <script>", "10.0.0.2"),
+        ("10.0.0.2", "198.51.100.7, garbage, 10.0.0.9", "10.0.0.9"),
+        ("10.0.0.2", "198.51.100.7,,10.0.0.9", "10.0.0.9"),
+        ("10.0.0.2", "198.51.100.7:4431", "10.0.0.2"),
+        ("10.0.0.2", "198.51.100.7, fe80::1%eth0", "10.0.0.2"),
+        # IPv6 and canonical forms
+        ("fd00::2", "2001:DB8::0:1", "2001:db8::1"),
+        ("10.0.0.2", "[2001:db8::1]", "2001:db8::1"),
+        ("::ffff:10.0.0.2", "198.51.100.7", "198.51.100.7"),
+    ],
+)
+def test_client_address(remote: str, xff: str | None, expected: str) -> None:
+    assert client_address(remote, xff, TRUSTED) == expected
+
+
+@given(st.text(max_size=80))
+def test_client_address_never_returns_garbage(xff: str) -> None:
+    out = client_address("10.0.0.2", xff, TRUSTED)
+    assert parse_address(out) is not None
