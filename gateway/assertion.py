@@ -113,11 +113,18 @@ def _create_key(path: Path) -> None:
         tmp.unlink()
 
 
-def verify(token: str, jwks: dict[str, Any], *, audience: str, issuer: str) -> dict[str, Any]:
+def verify(
+    token: str,
+    jwks: dict[str, Any],
+    *,
+    audience: str,
+    issuer: str,
+    now: float | None = None,
+) -> dict[str, Any]:
     """Verify an assertion the way an upstream would (used by tests and docs)."""
     decoded = jwt.decode(token, KeySet.import_key_set(jwks), algorithms=ALGORITHMS)  # type: ignore[arg-type]
     registry = jwt.JWTClaimsRegistry(
-        now=int(time.time()),
+        now=int(time.time() if now is None else now),
         leeway=5,
         iss={"essential": True, "value": issuer},
         aud={"essential": True, "value": audience},

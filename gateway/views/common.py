@@ -75,6 +75,8 @@ def original_request(svc: Services) -> Judged:
     if from_trusted_proxy(svc):
         original_url = headers.get("X-Original-URL")
         if original_url:
+            if "#" in original_url:
+                raise AmbiguousPath("X-Original-URL carries a fragment")
             parts = urlsplit(original_url)
             if parts.scheme not in ("http", "https") or not parts.netloc:
                 raise AmbiguousPath("X-Original-URL is not an absolute http(s) URL")

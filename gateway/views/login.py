@@ -109,7 +109,8 @@ def login_form() -> Response:
             title="Temporarily unavailable",
             message="Sign-in is unavailable right now. Try again in a moment.",
         )
-    if isinstance(loaded, Session) and not _needs_fresh_login(svc, loaded, rd, now):
+    forced = request.args.get("prompt") == "login"  # sign in again / as someone else
+    if isinstance(loaded, Session) and not forced and not _needs_fresh_login(svc, loaded, rd, now):
         return redirect_to(rd or svc.settings.redirects.default, code=303)
     return _form(svc, rd=rd)
 
