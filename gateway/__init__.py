@@ -56,7 +56,7 @@ def create_app(
         path = os.environ.get(CONFIG_ENV)
         settings = load_settings(path)
     clock = clock or time.time
-    audit = audit or AuditLog(settings.audit.destination)
+    audit = audit or AuditLog(settings.audit_destination)
     data_dir = settings.resolve_path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 

@@ -14,9 +14,14 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-_FORBIDDEN_KEYS = frozenset(
-    {"password", "token", "cookie", "secret", "jwt", "assertion", "code", "csrf", "session_id"}
-)
+# A field whose name contains one of these is never written, whatever it holds.
+_FORBIDDEN_PARTS = ("password", "token", "cookie", "secret", "jwt", "assertion", "csrf")
+_FORBIDDEN_KEYS = frozenset({"code", "session_id", "credentials"})
+
+
+def _forbidden(key: str) -> bool:
+    lowered = key.lower()
+    return lowered in _FORBIDDEN_KEYS or any(part in lowered for part in _FORBIDDEN_PARTS)
 
 
 class AuditLog:
@@ -49,7 +54,7 @@ class AuditLog:
             "event": event,
         }
         for key, value in fields.items():
-            if key.lower() in _FORBIDDEN_KEYS or value is None:
+            if value is None or _forbidden(key):
                 continue
             record[key] = list(value) if isinstance(value, tuple) else value
         self._logger.info(json.dumps(record, sort_keys=False, default=str))

@@ -18,7 +18,7 @@ from gateway.core.errors import AmbiguousPath, ConfigError, GatewayError, Proble
 from gateway.core.model import Identity, RequestInfo
 from gateway.core.paths import normalise_path
 from gateway.core.policy import format_explanation
-from gateway.settings import CONFIG_ENV, Settings, load_settings
+from gateway.settings import CONFIG_ENV, Settings, fallback_paths, load_settings
 
 EPILOG = (
     "The config file is --config PATH or the SSO_GATEWAY_CONFIG environment variable; "
@@ -210,18 +210,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     from gateway.providers.local import validate_users_file
 
     problems: list[Problem] = []
-    source = args.config or os.environ.get(CONFIG_ENV) or "<defaults>"
+    config_path = args.config or os.environ.get(CONFIG_ENV)
+    source = config_path or "<defaults>"
     try:
         settings = _settings(args)
+        policies_dir = settings.resolve_path(settings.policies_dir)
+        users_file: Path | None = None
+        if settings.providers.default == "local":
+            users_file = settings.resolve_path(settings.providers.local.users_file)
     except ConfigError as exc:
         problems.extend(exc.problems)
-        settings = None
-    if settings is not None:
-        problems.extend(validate_policies(settings.resolve_path(settings.policies_dir)))
-        if settings.providers.default == "local":
-            problems.extend(
-                validate_users_file(settings.resolve_path(settings.providers.local.users_file))
-            )
+        # still look at the policies and users file the broken config names
+        policies_dir, users_file = fallback_paths(config_path)
+    problems.extend(validate_policies(policies_dir))
+    if users_file is not None:
+        problems.extend(validate_users_file(users_file))
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     if problems:
@@ -343,6 +346,7 @@ def _open_sessions(args: argparse.Namespace) -> Any:
 
     settings = _settings(args)
     data_dir = settings.resolve_path(settings.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # as create_app does
     store = _build_store(settings)
     return SessionManager(store, _secret_key(settings, data_dir))
 
@@ -367,7 +371,7 @@ def cmd_sessions_revoke(args: argparse.Namespace) -> int:
     manager = _open_sessions(args)
     removed = manager.revoke_user(args.user)
     settings = _settings(args)
-    audit = AuditLog(settings.audit.destination)
+    audit = AuditLog(settings.audit_destination)
     audit.emit(
         "sessions_revoked",
         user=args.user,

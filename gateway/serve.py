@@ -30,7 +30,7 @@ def gunicorn_options(
 ) -> dict[str, Any]:
     listen = settings.listen
     return {
-        "bind": bind or f"{listen.host}:{listen.port}",
+        "bind": bind or _bind(listen.host, listen.port),
         "workers": workers or listen.workers,
         "worker_class": listen.worker_class,
         "worker_connections": listen.worker_connections,
@@ -42,6 +42,12 @@ def gunicorn_options(
         "loglevel": "info",
         "proc_name": "sso-gateway",
     }
+
+
+def _bind(host: str, port: int) -> str:
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]:{port}"  # IPv6 literal
+    return f"{host}:{port}"
 
 
 def run(

@@ -7,8 +7,9 @@ Where values come from, in order of precedence:
 
 1. ``SSO_GATEWAY__<KEY>__<SUBKEY>=value`` environment variables (``__`` separates
    levels, names are case-insensitive, values are read as YAML scalars), and
-   ``SSO_GATEWAY__<KEY>...__FILE=/path`` to read a value from a file (Kubernetes
-   Secrets mounted as files).
+   ``SSO_GATEWAY__<KEY>...__FILE=/path`` (or ``..._FILE`` when ``<KEY>_FILE`` is
+   not a setting of its own) to read a value from a file (Kubernetes Secrets
+   mounted as files).
 2. The YAML file.  Any value in it may be written as ``{env: NAME}`` or
    ``{file: /path}`` to take it from an environment variable or a file; secrets
    should always be given that way.
@@ -162,6 +163,13 @@ class Settings(_Model):
         return Path(self.source).resolve().parent / value
 
     @property
+    def audit_destination(self) -> str:
+        dest = self.audit.destination
+        if dest in ("stderr", "stdout"):
+            return dest
+        return str(self.resolve_path(Path(dest)))
+
+    @property
     def sessions_dir(self) -> Path:
         if self.session.file_dir is not None:
             return self.resolve_path(self.session.file_dir)
@@ -186,7 +194,8 @@ def load_settings(
     overrides.  Raises ConfigError listing every problem."""
     env = os.environ if environ is None else environ
     problems: list[Problem] = []
-    source = str(path) if path is not None else "<defaults>"
+    # absolute, so relative paths in the file keep meaning the same after a chdir
+    source = str(Path(path).absolute()) if path is not None else "<defaults>"
     raw: dict[str, Any] = {}
     if path is not None:
         raw = _read_yaml(Path(path), problems)
@@ -207,6 +216,23 @@ def load_settings(
     return settings
 
 
+def fallback_paths(path: str | Path | None) -> tuple[Path, Path]:
+    """(policies folder, users file) named by a config file that does not
+    validate, or the defaults: so ``check`` can still look at them."""
+    raw: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        raw = _read_yaml(Path(path), [])
+        base = Path(path).absolute().parent
+    policies = raw.get("policies_dir")
+    providers = raw.get("providers")
+    local = providers.get("local") if isinstance(providers, dict) else None
+    users = local.get("users_file") if isinstance(local, dict) else None
+    policies_path = Path(policies) if isinstance(policies, str) else Path("policies")
+    users_path = Path(users) if isinstance(users, str) else Path("users.yaml")
+    return base / policies_path, base / users_path
+
+
 def _read_yaml(path: Path, problems: list[Problem]) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -218,7 +244,9 @@ def _read_yaml(path: Path, problems: list[Problem]) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problems.append(Problem(str(path), where, f"YAML syntax error: {exc}"))
+        what = getattr(exc, "problem", None) or "invalid YAML"
+        # the offending line is not echoed: it may hold a secret
+        problems.append(Problem(str(path), where, f"YAML syntax error: {what}"))
         return {}
     if data is None:
         return {}
@@ -238,11 +266,17 @@ def _apply_env_overrides(
         if not parts:
             continue
         from_file = False
-        if parts[-1].endswith("_file") and len(parts[-1]) > 5:
-            parts[-1] = parts[-1][: -len("_file")]
-            from_file = True
-        elif parts[-1] == "file" and len(parts) > 1:
+        if parts[-1] == "file" and len(parts) > 1:
             parts = parts[:-1]
+            from_file = True
+        elif (
+            parts[-1].endswith("_file")
+            and not _is_setting(parts)
+            and _is_setting([*parts[:-1], parts[-1][: -len("_file")]])
+        ):
+            # NAME_FILE reads NAME from a file, unless NAME_FILE is a setting of
+            # its own (providers.local.users_file, jwt.key_file)
+            parts[-1] = parts[-1][: -len("_file")]
             from_file = True
         value: Any
         if from_file:
@@ -265,6 +299,21 @@ def _apply_env_overrides(
             node = child
         if ok:
             node[parts[-1]] = value
+
+
+def _is_setting(parts: list[str]) -> bool:
+    """Whether ``parts`` names a field of :class:`Settings` (nested models followed)."""
+    model: Any = Settings
+    for i, part in enumerate(parts):
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields or part == "source":
+            return False
+        annotation = fields[part].annotation
+        if i < len(parts) - 1:
+            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                return False
+            model = annotation
+    return True
 
 
 def _resolve_refs(

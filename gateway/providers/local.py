@@ -566,7 +566,12 @@ def check_password_policy(password: str, min_length: int = MIN_PASSWORD_LENGTH) 
 def _locked(path: Path) -> Iterator[None]:
     """Serialise concurrent `users` commands on the same file (advisory lock)."""
     lock_path = path.with_name(path.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise UsersFileError(
+            f"cannot use the users file in {path.parent}: {exc.strerror or exc}"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
