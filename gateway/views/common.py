@@ -54,6 +54,16 @@ def request_host() -> str:
     return (request.host or "").lower()
 
 
+def public_scheme(svc: Services) -> str:
+    """The scheme the browser used: X-Forwarded-Proto from a trusted proxy (TLS is
+    usually terminated in front of the gateway), else this request's own."""
+    if from_trusted_proxy(svc):
+        proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+        if proto in ("http", "https"):
+            return proto
+    return request.scheme
+
+
 @dataclass(frozen=True)
 class Judged:
     """The request to judge, plus whether it came from the proxy's headers."""

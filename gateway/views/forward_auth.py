@@ -16,6 +16,7 @@ from gateway.views.common import (
     load_session,
     now_dt,
     original_request,
+    public_scheme,
     request_host,
     services,
     untrusted_forward_headers,
@@ -84,7 +85,7 @@ def start() -> Response:
             target = safe_redirect(
                 target,
                 request_host=request_host(),
-                request_scheme=request.scheme,
+                request_scheme=public_scheme(svc),
                 allowed_domains=svc.settings.redirects.allowed_domains,
             )
         except UnsafeRedirect as exc:

@@ -24,6 +24,7 @@ from gateway.views.common import (
     client_ip,
     load_session,
     now_dt,
+    public_scheme,
     request_host,
     services,
     set_session_cookie,
@@ -43,7 +44,7 @@ def _safe_rd(svc: Services, target: str) -> str | None:
         return safe_redirect(
             target,
             request_host=request_host(),
-            request_scheme=request.scheme,
+            request_scheme=public_scheme(svc),
             allowed_domains=svc.settings.redirects.allowed_domains,
         )
     except UnsafeRedirect as exc:

@@ -201,3 +201,15 @@ def test_inbound_identity_headers_never_reach_a_view(gw: Gateway) -> None:
     )
     assert seen.get("x-other") == "kept"
     assert not [k for k in seen if k.replace("_", "-").startswith("x-auth-request-")]
+
+
+def test_rd_to_this_site_behind_a_tls_terminating_proxy(gw: Gateway) -> None:
+    # nginx terminates TLS and speaks plain HTTP to the gateway
+    url = "/.sso/start?rd=https://localhost/doors/"
+    behind = gw.client.get(url, headers={"X-Forwarded-Proto": "https"})
+    assert behind.status_code == 302
+    # the same header from an untrusted address is not believed
+    spoofed = gw.client.get(
+        url, headers={"X-Forwarded-Proto": "https"}, environ_base={"REMOTE_ADDR": "203.0.113.9"}
+    )
+    assert spoofed.status_code == 400
