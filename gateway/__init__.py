@@ -94,7 +94,12 @@ def create_app(
     services = Services(
         settings=settings,
         store=store,
-        sessions=SessionManager(store, secret_key, touch_interval=settings.session.touch_interval),
+        sessions=SessionManager(
+            store,
+            secret_key,
+            touch_interval=settings.session.touch_interval,
+            cache_seconds=settings.session.cache_seconds,
+        ),
         policy=holder,
         audit=audit,
         signer=signer,
@@ -114,14 +119,17 @@ def create_app(
     )
 
     app = Flask(__name__, template_folder="templates", static_folder=None)
-    app.config.update(SECRET_KEY=secret_key, MAX_CONTENT_LENGTH=64 * 1024)
+    app.config.update(MAX_CONTENT_LENGTH=64 * 1024)
     app.extensions["gateway"] = services
 
     from gateway.views import register
+    from gateway.views.forward_auth import ForwardAuthApp
 
     register(app)
+    # outermost first: inbound identity headers are dropped before anything else,
+    # then /.sso/auth is answered without Flask's per-request machinery
     app.wsgi_app = StripIdentityHeaders(  # type: ignore[method-assign]
-        app.wsgi_app, services.identity_header_names
+        ForwardAuthApp(app.wsgi_app, services), services.identity_header_names
     )
     return app
 

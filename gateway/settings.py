@@ -61,6 +61,7 @@ class SessionSettings(_Model):
     absolute_lifetime: int = Field(default=28800, ge=60)
     warn_before: int = Field(default=120, ge=0)
     touch_interval: int = Field(default=5, ge=0, le=300)
+    cache_seconds: float = Field(default=2.0, ge=0, le=30)
     redis_socket_timeout: float = Field(default=1.0, gt=0, le=30)
 
 

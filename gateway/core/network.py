@@ -9,6 +9,7 @@ an attacker wrote.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -62,6 +63,12 @@ def _variants(addr: IPv4Address | IPv6Address) -> tuple[IPv4Address | IPv6Addres
 
 def ip_in(addr: str, nets: Networks) -> bool:
     """True if ``addr`` lies in any of ``nets``; a malformed address is in none."""
+    return _ip_in(addr, nets)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_in(addr: str, nets: Networks) -> bool:
+    # Pure and asked on every request with the same few proxy addresses: cached.
     parsed = parse_address(addr) if addr else None
     if parsed is None:
         return False
@@ -70,6 +77,18 @@ def ip_in(addr: str, nets: Networks) -> bool:
 
 
 def client_address(remote_addr: str, forwarded_for: str | None, trusted: Networks) -> str:
+    """The client's address as far as trusted proxies tell (see _client_address)."""
+    if forwarded_for is not None and len(forwarded_for) > 512:
+        return _walk_forwarded(remote_addr, forwarded_for, trusted)  # not worth caching
+    return _client_address(remote_addr, forwarded_for, trusted)
+
+
+@functools.lru_cache(maxsize=4096)
+def _client_address(remote_addr: str, forwarded_for: str | None, trusted: Networks) -> str:
+    return _walk_forwarded(remote_addr, forwarded_for, trusted)
+
+
+def _walk_forwarded(remote_addr: str, forwarded_for: str | None, trusted: Networks) -> str:
     """The client's address as far as trusted proxies tell.
 
     ``remote_addr`` is the TCP peer.  If it is not a trusted proxy it is the

@@ -116,7 +116,8 @@ class FileStore:
             self._discard("sessions", key)
         return None
 
-    def touch_session(self, key: str, record: dict[str, Any], ttl: float) -> bool:
+    def touch_session(self, key: str, record: dict[str, Any], ttl: float, user: str) -> bool:
+        del user  # the stored user is authoritative here
         _check_ttl(ttl)
         _encode(record)
         with self._locked():

@@ -9,21 +9,30 @@ keyed by the token's SHA-256 digest.  The server alone decides expiry:
 
 Both are fixed at login from the policy (most restrictive of the defaults, the
 person's tiers and the workstation network they logged in from).
+
+With a shared store that publishes invalidations (Redis), records may be cached
+in the process for ``cache_seconds`` (see :mod:`gateway.sessions.cache`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from itsdangerous import BadSignature, URLSafeSerializer
 
 from gateway.core.model import Identity
+from gateway.sessions.cache import SessionCache
 from gateway.sessions.store import SessionStore
 
 RECORD_VERSION = 1
+_VERIFIED_MAX = 10_000
 
 
 @dataclass(frozen=True)
@@ -68,23 +77,89 @@ def session_key(token: str) -> str:
     return hashlib.sha256(token.encode("ascii", "replace")).hexdigest()
 
 
+class InvalidationFeed(Protocol):
+    """What a shared store offers so per-process caches stay correct (Redis)."""
+
+    def subscribe_invalidations(
+        self, on_key: Callable[[str | None], None], on_health: Callable[[bool], None]
+    ) -> None: ...
+
+
 class SessionManager:
-    def __init__(self, store: SessionStore, secret_key: str, *, touch_interval: int = 5) -> None:
+    def __init__(
+        self,
+        store: SessionStore,
+        secret_key: str,
+        *,
+        touch_interval: int = 5,
+        cache_seconds: float = 0.0,
+    ) -> None:
         self.store = store
         self._signer = URLSafeSerializer(secret_key, salt="sso-gateway-session")
         self.touch_interval = touch_interval
+        # verified cookie -> store key; only cookies whose signature held get in
+        self._verified: OrderedDict[str, str] = OrderedDict()
+        self._verified_lock = threading.Lock()
+        self._cache: SessionCache | None = None
+        subscribe = getattr(store, "subscribe_invalidations", None)
+        if cache_seconds > 0 and subscribe is not None:
+            self._cache = SessionCache(cache_seconds)
+            self._subscribe: Callable[..., None] | None = subscribe
+        else:
+            self._subscribe = None
+        self._subscribed_pid = 0
 
     # -- cookie <-> key ---------------------------------------------------
     def key_from_cookie(self, cookie: str | None) -> str | None:
         if not cookie or len(cookie) > 512:
             return None
+        with self._verified_lock:
+            known = self._verified.get(cookie)
+        if known is not None:
+            return known
         try:
             token = self._signer.loads(cookie)
         except BadSignature:
             return None
         if not isinstance(token, str) or len(token) < 32:
             return None
-        return session_key(token)
+        key = session_key(token)
+        with self._verified_lock:
+            self._verified[cookie] = key
+            if len(self._verified) > _VERIFIED_MAX:
+                self._verified.popitem(last=False)
+        return key
+
+    def _ensure_feed(self) -> None:
+        """Subscribe to the store's invalidations once per process (after fork)."""
+        if self._subscribe is None or self._cache is None:
+            return
+        pid = os.getpid()
+        if self._subscribed_pid != pid:
+            self._subscribed_pid = pid
+            self._cache.set_healthy(False)
+            self._subscribe(self._cache.invalidate, self._cache.set_healthy)
+
+    def _read(self, key: str) -> tuple[Session | None, bool]:
+        """(session, came from the cache).  A record that does not parse is deleted."""
+        cache = self._cache
+        if cache is not None:
+            self._ensure_feed()
+            hit = cache.get(key)
+            if isinstance(hit, Session):
+                return hit, True
+        epoch = cache.epoch if cache is not None else 0
+        record = self.store.get_session(key)
+        if record is None:
+            return None, False
+        try:
+            session = _to_session(key, record)
+        except (KeyError, TypeError, ValueError):
+            self.store.delete_session(key)
+            return None, False
+        if cache is not None:
+            cache.put(key, session, epoch)
+        return session, False
 
     # -- lifecycle ------------------------------------------------------------
     def create(
@@ -117,14 +192,13 @@ class SessionManager:
     def load(self, key: str, now: float) -> Session | Expired | None:
         """The live session for ``key``; an :class:`Expired` (and the record is
         deleted) when it ran out; None when unknown."""
-        record = self.store.get_session(key)
-        if record is None:
+        session, cached = self._read(key)
+        if session is None:
             return None
-        try:
-            session = _to_session(key, record)
-        except (KeyError, TypeError, ValueError):
-            self.store.delete_session(key)
-            return None
+        if cached and session.remaining(now) <= 0 and self._cache is not None:
+            # another process may have extended it: ask the store before expiring
+            self._cache.forget(key)
+            return self.load(key, now)
         if session.absolute_remaining(now) <= 0:
             self.store.delete_session(key)
             return Expired(key, session.identity.subject, "absolute")
@@ -143,15 +217,22 @@ class SessionManager:
         ttl = min(session.idle, session.created + session.absolute - now)
         if ttl <= 0:
             return
-        self.store.touch_session(session.key, record, ttl)
+        epoch = self._cache.epoch if self._cache is not None else 0
+        if self.store.touch_session(session.key, record, ttl, session.identity.subject):
+            if self._cache is not None:
+                self._cache.put(session.key, _to_session(session.key, record), epoch)
 
     def delete(self, key: str) -> bool:
+        if self._cache is not None:
+            self._cache.forget(key)
         return self.store.delete_session(key) is not None
 
     def revoke_user(self, user: str) -> list[str]:
         """Delete every session of ``user``; return the keys removed."""
         removed = []
         for key in self.store.user_sessions(user):
+            if self._cache is not None:
+                self._cache.forget(key)
             if self.store.delete_session(key) is not None:
                 removed.append(key)
         return removed

@@ -72,7 +72,8 @@ class MemoryStore:
         record: dict[str, Any] = json.loads(text)
         return record
 
-    def touch_session(self, key: str, record: dict[str, Any], ttl: float) -> bool:
+    def touch_session(self, key: str, record: dict[str, Any], ttl: float, user: str) -> bool:
+        del user  # the stored user is authoritative here
         expires = _deadline(ttl)
         text = _dump(record)
         with self._lock:

@@ -10,8 +10,9 @@ Layout (``P`` is the prefix, ``ssogw:`` by default)::
     P once:<key>      string  SET NX PX
 
 ``get_session`` is one GET.  Writes that touch two keys run in MULTI/EXEC;
-``delete_session`` and ``touch_session`` WATCH the session key so they act on the
-record they read.  Index scores use this machine's clock.
+``delete_session`` WATCHes the session key so it acts on the record it read;
+``touch_session`` is one Lua script (SET XX, then the index; never contended).
+Index scores use this machine's clock.
 
 Every redis-py error, and anything stored under these keys that this module did
 not write, becomes :class:`~gateway.core.errors.StoreUnavailable`.  The client
@@ -27,9 +28,11 @@ import contextlib
 import json
 import logging
 import math
+import os
 import re
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,9 +46,20 @@ from gateway.core.errors import StoreUnavailable
 log = logging.getLogger(__name__)
 
 _SESSION, _USER, _COUNTER, _VALUE, _ONCE = b"session:", b"user:", b"counter:", b"value:", b"once:"
+_CHANNEL = b"invalidate"
 _HEALTH_CHECK_INTERVAL = 30  # seconds a pooled connection may idle before a PING
 _WATCH_ATTEMPTS = 5
 _SCAN_COUNT = 500
+
+# KEYS: session key, user index.  ARGV: document, ttl ms, index score, member.
+_TOUCH_LUA = """
+if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'XX') then
+  redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[4])
+  redis.call('PEXPIRE', KEYS[2], ARGV[2], 'GT')
+  return 1
+end
+return 0
+"""
 
 
 def _ms(ttl: float) -> int:
@@ -112,6 +126,9 @@ class RedisStore:
                 maint_notifications_config=MaintNotificationsConfig(enabled=False),
             )
         self._redis = client
+        self._touch = client.register_script(_TOUCH_LUA)
+        self._channel = self._prefix + _CHANNEL
+        self._feed: _InvalidationListener | None = None
 
     @classmethod
     def from_url(
@@ -138,6 +155,7 @@ class RedisStore:
             old = pipe.execute()[0]
         if old is None:
             return
+        self.publish_invalidation(key)  # a replaced record: cached copies are stale
         try:
             old_user = self._session_doc(old)["user"]
         except StoreUnavailable:
@@ -155,28 +173,17 @@ class RedisStore:
         record: dict[str, Any] = self._session_doc(raw)["record"]
         return record
 
-    def touch_session(self, key: str, record: dict[str, Any], ttl: float) -> bool:
+    def touch_session(self, key: str, record: dict[str, Any], ttl: float, user: str) -> bool:
+        """One atomic script: replace the record only if the session still exists
+        (SET XX) and then push its index entry's expiry.  No WATCH, so concurrent
+        touches on one busy session never contend."""
         ms = _ms(ttl)
-        skey = self._key(_SESSION, key)
-        with self._guard("touch_session"), self._redis.pipeline(transaction=True) as pipe:
-            for _ in range(_WATCH_ATTEMPTS):
-                try:
-                    pipe.watch(skey)  # type: ignore[no-untyped-call]
-                    raw = pipe.get(skey)
-                    if raw is None:
-                        return False
-                    user = self._session_doc(raw)["user"]
-                    index, now = self._key(_USER, user), _now_ms()
-                    pipe.multi()
-                    pipe.set(skey, _encode({"user": user, "record": record}), px=ms, xx=True)
-                    pipe.zadd(index, {_raw(key): now + ms})
-                    pipe.pexpire(index, ms, nx=True)
-                    pipe.pexpire(index, ms, gt=True)
-                    pipe.execute()
-                    return True
-                except redis.WatchError:
-                    continue
-        raise self._contended("touch_session")
+        with self._guard("touch_session"):
+            done = self._touch(
+                keys=[self._key(_SESSION, key), self._key(_USER, user)],
+                args=[_encode({"user": user, "record": record}), ms, _now_ms() + ms, _raw(key)],
+            )
+        return bool(done)
 
     def delete_session(self, key: str) -> dict[str, Any] | None:
         skey = self._key(_SESSION, key)
@@ -191,6 +198,7 @@ class RedisStore:
                     pipe.multi()
                     pipe.delete(skey)
                     pipe.zrem(self._key(_USER, doc["user"]), _raw(key))
+                    pipe.publish(self._channel, _raw(key))  # every process drops its copy
                     pipe.execute()
                     record: dict[str, Any] = doc["record"]
                     return record
@@ -272,8 +280,26 @@ class RedisStore:
             if not self._redis.ping():
                 raise StoreUnavailable(f"Redis session store {self._where}: PING not answered")
 
+    # -- invalidation feed (per-process session caches) ---------------------------
+    def publish_invalidation(self, key: str | None) -> None:
+        """Tell every gateway process to drop its cached copy of ``key``."""
+        with self._guard("publish_invalidation"):
+            self._redis.publish(self._channel, b"*" if key is None else _raw(key))
+
+    def subscribe_invalidations(
+        self, on_key: Callable[[str | None], None], on_health: Callable[[bool], None]
+    ) -> None:
+        """Call ``on_key(key)`` for every published invalidation (None = all) and
+        ``on_health(ok)`` whenever the feed becomes usable or breaks.  One
+        background listener per process; it reconnects by itself."""
+        if self._feed is None or not self._feed.alive():
+            self._feed = _InvalidationListener(self._redis, self._channel, self._text)
+        self._feed.add(on_key, on_health)
+
     def close(self) -> None:
         """Disconnect the pool this store built (a client passed in is left open)."""
+        if self._feed is not None:
+            self._feed.stop()
         if self._owns_client:
             with self._guard("close"):
                 self._redis.close()
@@ -328,3 +354,93 @@ class RedisStore:
 
 def _as_bytes(name: bytes | str) -> bytes:
     return name if isinstance(name, bytes) else _raw(name)
+
+
+class _InvalidationListener:
+    """Background subscriber to the invalidation channel.
+
+    It pings Redis every second on the subscription connection; when no answer
+    comes for a few seconds, or the connection breaks, it reports the feed as
+    unhealthy (callers then stop trusting cached sessions) and reconnects.
+    Under gunicorn's gevent workers the thread is a greenlet.
+    """
+
+    PING_EVERY = 1.0
+    DEAD_AFTER = 3.0
+
+    def __init__(
+        self, client: redis.Redis, channel: bytes, text: Callable[[bytes | str], str]
+    ) -> None:
+        self._client = client
+        self._channel = channel
+        self._text = text
+        self._pid = os.getpid()
+        self._subscribers: list[tuple[Callable[[str | None], None], Callable[[bool], None]]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._healthy = False
+        self._thread = threading.Thread(target=self._run, name="ssogw-invalidations", daemon=True)
+        self._thread.start()
+
+    def alive(self) -> bool:
+        return self._pid == os.getpid() and self._thread.is_alive()
+
+    def add(self, on_key: Callable[[str | None], None], on_health: Callable[[bool], None]) -> None:
+        with self._lock:
+            self._subscribers.append((on_key, on_health))
+            healthy = self._healthy
+        on_health(healthy)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _health(self, healthy: bool) -> None:
+        with self._lock:
+            changed = healthy != self._healthy
+            self._healthy = healthy
+            subscribers = list(self._subscribers)
+        if changed:
+            for _, on_health in subscribers:
+                on_health(healthy)
+
+    def _deliver(self, key: str | None) -> None:
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for on_key, _ in subscribers:
+            on_key(key)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
+            try:
+                self._listen(pubsub)
+            except Exception as exc:  # noqa: BLE001 - any failure means "feed broken"
+                log.warning("session invalidation feed broken (%s); retrying", exc)
+            finally:
+                self._health(False)
+                with contextlib.suppress(Exception):
+                    pubsub.close()
+            self._stop.wait(0.5)
+
+    def _listen(self, pubsub: Any) -> None:
+        pubsub.subscribe(self._channel)
+        last_answer = time.monotonic()
+        next_ping = last_answer
+        while not self._stop.is_set():
+            message = pubsub.get_message(timeout=0.25)
+            now = time.monotonic()
+            if message is not None:
+                kind = message.get("type")
+                if kind == "subscribe":
+                    last_answer = now
+                    self._health(True)
+                elif kind == "message":
+                    data = message.get("data")
+                    self._deliver(None if data in (b"*", "*") else self._text(data))
+                elif kind == "pong":
+                    last_answer = now
+            if now >= next_ping:
+                pubsub.ping()
+                next_ping = now + self.PING_EVERY
+            if now - last_answer > self.DEAD_AFTER:
+                raise TimeoutError("Redis did not answer pings on the invalidation feed")

@@ -25,9 +25,11 @@ class SessionStore(Protocol):
     def get_session(self, key: str) -> dict[str, Any] | None:
         """The record, or None when unknown or expired."""
 
-    def touch_session(self, key: str, record: dict[str, Any], ttl: float) -> bool:
+    def touch_session(self, key: str, record: dict[str, Any], ttl: float, user: str) -> bool:
         """Replace a session record ONLY if it still exists (so a touch racing a
-        logout or revocation can never bring the session back).  True if updated."""
+        logout or revocation can never bring the session back), and push its
+        expiry to ``ttl`` from now.  ``user`` is the user it was stored under.
+        True if updated."""
 
     def delete_session(self, key: str) -> dict[str, Any] | None:
         """Remove the record and its index entry; return what was removed."""

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import quote, urlsplit
 
-from flask import Response, current_app, request
+from flask import Response, current_app
+from werkzeug.wrappers import Request
 
 from gateway.core.errors import AmbiguousPath
 from gateway.core.model import RequestInfo
@@ -36,32 +37,30 @@ def services() -> Services:
     return svc
 
 
-def remote_addr() -> str:
-    return request.remote_addr or ""
+def remote_addr(req: Request) -> str:
+    return req.remote_addr or ""
 
 
-def from_trusted_proxy(svc: Services) -> bool:
-    return ip_in(remote_addr(), svc.trusted_proxies)
+def from_trusted_proxy(svc: Services, req: Request) -> bool:
+    return ip_in(remote_addr(req), svc.trusted_proxies)
 
 
-def client_ip(svc: Services) -> str:
-    return client_address(
-        remote_addr(), request.headers.get("X-Forwarded-For"), svc.trusted_proxies
-    )
+def client_ip(svc: Services, req: Request) -> str:
+    return client_address(remote_addr(req), req.headers.get("X-Forwarded-For"), svc.trusted_proxies)
 
 
-def request_host() -> str:
-    return (request.host or "").lower()
+def request_host(req: Request) -> str:
+    return (req.host or "").lower()
 
 
-def public_scheme(svc: Services) -> str:
+def public_scheme(svc: Services, req: Request) -> str:
     """The scheme the browser used: X-Forwarded-Proto from a trusted proxy (TLS is
     usually terminated in front of the gateway), else this request's own."""
-    if from_trusted_proxy(svc):
-        proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    if from_trusted_proxy(svc, req):
+        proto = req.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
         if proto in ("http", "https"):
             return proto
-    return request.scheme
+    return req.scheme
 
 
 @dataclass(frozen=True)
@@ -73,16 +72,16 @@ class Judged:
     forwarded: bool
 
 
-def original_request(svc: Services) -> Judged:
+def original_request(svc: Services, req: Request) -> Judged:
     """The original request a forward-auth call asks about.
 
     The ``X-Original-*`` / ``X-Forwarded-*`` headers are believed only from a
     trusted proxy address; from anyone else the request is judged as itself.
     Raises AmbiguousPath when the path or method cannot be read unambiguously.
     """
-    ip = client_ip(svc)
-    headers = request.headers
-    if from_trusted_proxy(svc):
+    ip = client_ip(svc, req)
+    headers = req.headers
+    if from_trusted_proxy(svc, req):
         original_url = headers.get("X-Original-URL")
         if original_url:
             if "#" in original_url:
@@ -99,24 +98,25 @@ def original_request(svc: Services) -> Judged:
         if uri or fhost:
             uri = uri or "/"
             raw = uri.split("?", 1)[0]  # a '#' left in is refused by normalise_path
-            scheme = (headers.get("X-Forwarded-Proto") or request.scheme).split(",")[0].strip()
+            scheme = (headers.get("X-Forwarded-Proto") or req.scheme).split(",")[0].strip()
             method = headers.get("X-Forwarded-Method") or "GET"
-            host = (fhost or request.host or "").split(",")[0].strip()
+            host = (fhost or req.host or "").split(",")[0].strip()
             return Judged(_info(host, raw, method, ip, scheme), uri, True)
+    environ = req.environ
     raw_uri = (
-        request.environ.get("RAW_URI")
-        or request.environ.get("REQUEST_URI")
-        or request.environ.get("SCRIPT_NAME", "") + _quote(request.environ.get("PATH_INFO", "/"))
+        environ.get("RAW_URI")
+        or environ.get("REQUEST_URI")
+        or environ.get("SCRIPT_NAME", "") + _quote(environ.get("PATH_INFO", "/"))
     )
     raw = raw_uri.split("?", 1)[0]
-    return Judged(_info(request.host, raw, request.method, ip, request.scheme), raw_uri, False)
+    return Judged(_info(req.host, raw, req.method, ip, req.scheme), raw_uri, False)
 
 
-def untrusted_forward_headers(svc: Services) -> list[str]:
+def untrusted_forward_headers(svc: Services, req: Request) -> list[str]:
     """Names of original-request headers sent by an address we do not trust."""
-    if from_trusted_proxy(svc):
+    if from_trusted_proxy(svc, req):
         return []
-    return [h for h in FORWARD_HEADERS[:-1] if h in request.headers]
+    return [h for h in FORWARD_HEADERS[:-1] if h in req.headers]
 
 
 def _quote(path_info: str) -> str:
@@ -142,15 +142,17 @@ def now_dt(svc: Services, now: float) -> datetime:
     return datetime.fromtimestamp(now, tz=UTC)
 
 
-def load_session(svc: Services, now: float) -> Session | Expired | None:
+def load_session(svc: Services, req: Request, now: float) -> Session | Expired | None:
     """The session behind the cookie.  A tampered cookie counts as none (and is
     audited); store failures raise StoreUnavailable."""
-    cookie = request.cookies.get(svc.cookie_name)
+    cookie = req.cookies.get(svc.cookie_name)
     if cookie is None:
         return None
     key = svc.sessions.key_from_cookie(cookie)
     if key is None:
-        svc.audit.emit("invalid_cookie", client_ip=client_ip(svc), reason="bad signature or format")
+        svc.audit.emit(
+            "invalid_cookie", client_ip=client_ip(svc, req), reason="bad signature or format"
+        )
         return None
     result = svc.sessions.load(key, now)
     if isinstance(result, Expired):
@@ -186,8 +188,8 @@ def clear_session_cookie(svc: Services, response: Response) -> None:
     )
 
 
-def wants_json() -> bool:
-    if request.headers.get("X-Requested-With", "").lower() == "xmlhttprequest":
+def wants_json(req: Request) -> bool:
+    if req.headers.get("X-Requested-With", "").lower() == "xmlhttprequest":
         return True
-    best = request.accept_mimetypes.best_match(["text/html", "application/json"])
+    best = req.accept_mimetypes.best_match(["text/html", "application/json"])
     return best == "application/json"

@@ -1,15 +1,25 @@
 """Forward-auth: ``/.sso/auth`` (asked by nginx ``auth_request``, ingress-nginx
-``auth-url`` or Traefik ForwardAuth on every request) and ``/.sso/start``."""
+``auth-url`` or Traefik ForwardAuth on every request) and ``/.sso/start``.
+
+``/.sso/auth`` runs before every request of every dashboard, so it is served by
+:class:`ForwardAuthApp`, a plain WSGI callable placed in front of Flask: same
+translation as a Flask view (werkzeug request in, answer out), without Flask's
+per-request context, URL routing and response machinery.
+"""
 
 from __future__ import annotations
 
+import logging
+from typing import Any
 from urllib.parse import urlencode
 
 from flask import Blueprint, Response, request
+from werkzeug.wrappers import Request
 
 from gateway.core.errors import AmbiguousPath, StoreUnavailable, UnsafeRedirect
 from gateway.core.model import Decision, Outcome
 from gateway.core.redirects import safe_redirect
+from gateway.services import Services
 from gateway.sessions.manager import Session
 from gateway.views.common import (
     client_ip,
@@ -21,26 +31,35 @@ from gateway.views.common import (
     services,
     untrusted_forward_headers,
 )
-from gateway.views.respond import bad_request, forward_auth_response, redirect_to, unavailable
+from gateway.views.respond import (
+    Answer,
+    bad_request,
+    forward_auth_answer,
+    redirect_to,
+    unavailable_answer,
+)
+
+log = logging.getLogger(__name__)
+
+AUTH_PATH = "/.sso/auth"
 
 bp = Blueprint("forward_auth", __name__)
 
 
-@bp.route("/.sso/auth", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
-def auth() -> Response:
-    svc = services()
+def check(svc: Services, req: Request) -> Answer:
+    """Judge the original request behind a forward-auth call."""
     now = svc.clock()
     try:
-        judged = original_request(svc)
+        judged = original_request(svc, req)
     except AmbiguousPath as exc:
         svc.audit.emit(
-            "denied", reason="ambiguous-request", detail=str(exc), client_ip=client_ip(svc)
+            "denied", reason="ambiguous-request", detail=str(exc), client_ip=client_ip(svc, req)
         )
-        return forward_auth_response(
+        return forward_auth_answer(
             svc, Decision(Outcome.DENY, reasons=("ambiguous-request",)), None, None, now
         )
     if not judged.forwarded:
-        spoofed = untrusted_forward_headers(svc)
+        spoofed = untrusted_forward_headers(svc, req)
         if spoofed:
             svc.audit.emit(
                 "untrusted_forward_headers",
@@ -49,15 +68,15 @@ def auth() -> Response:
                 reason="original-request headers from an untrusted address were ignored",
             )
     try:
-        loaded = load_session(svc, now)
+        loaded = load_session(svc, req, now)
         session = loaded if isinstance(loaded, Session) else None
         identity = session.identity if session is not None else None
         decision = svc.policy.current.evaluate(identity, judged.info, now_dt(svc, now))
         if session is not None and decision.allowed and not decision.passive:
             svc.sessions.touch(session, now)
     except StoreUnavailable as exc:
-        svc.audit.emit("store_unavailable", where="/.sso/auth", detail=str(exc))
-        return unavailable("session store unavailable")
+        svc.audit.emit("store_unavailable", where=AUTH_PATH, detail=str(exc))
+        return unavailable_answer("session store unavailable")
     if decision.outcome is Outcome.DENY and identity is not None:
         svc.audit.emit(
             "denied",
@@ -70,9 +89,28 @@ def auth() -> Response:
             method=judged.info.method,
             client_ip=judged.info.client_ip,
         )
-    return forward_auth_response(
+    return forward_auth_answer(
         svc, decision, identity, session.key if session is not None else None, now
     )
+
+
+class ForwardAuthApp:
+    """WSGI middleware: ``/.sso/auth`` is answered here, everything else by Flask."""
+
+    def __init__(self, flask_wsgi: Any, svc: Services) -> None:
+        self.flask_wsgi = flask_wsgi
+        self.svc = svc
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO") != AUTH_PATH:
+            return self.flask_wsgi(environ, start_response)
+        try:
+            answer = check(self.svc, Request(environ))
+        except Exception:
+            log.exception("forward-auth check failed")
+            self.svc.audit.emit("error", where=AUTH_PATH, reason="internal error; failed closed")
+            answer = unavailable_answer()
+        return answer(environ, start_response)
 
 
 @bp.route("/.sso/start", methods=["GET"])
@@ -84,13 +122,16 @@ def start() -> Response:
         try:
             target = safe_redirect(
                 target,
-                request_host=request_host(),
-                request_scheme=public_scheme(svc),
+                request_host=request_host(request),
+                request_scheme=public_scheme(svc, request),
                 allowed_domains=svc.settings.redirects.allowed_domains,
             )
         except UnsafeRedirect as exc:
             svc.audit.emit(
-                "redirect_refused", target=target[:200], reason=str(exc), client_ip=client_ip(svc)
+                "redirect_refused",
+                target=target[:200],
+                reason=str(exc),
+                client_ip=client_ip(svc, request),
             )
             return bad_request("the redirect target is not allowed")
     query = {"rd": target} if target else {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, request
 
 from gateway.core.errors import StoreUnavailable
 from gateway.sessions.manager import Session
@@ -20,12 +20,12 @@ def userinfo() -> Response:
     svc = services()
     now = svc.clock()
     try:
-        loaded = load_session(svc, now)
+        loaded = load_session(svc, request, now)
     except StoreUnavailable as exc:
         svc.audit.emit("store_unavailable", where="/.sso/userinfo", detail=str(exc))
         return unavailable("session store unavailable")
     if not isinstance(loaded, Session):
-        if wants_json():
+        if wants_json(request):
             return json_answer(401, {"error": "login_required"})
         return redirect_to("/.sso/login?" + urlencode({"rd": "/.sso/userinfo"}), code=302)
     ident = loaded.identity
@@ -42,7 +42,7 @@ def userinfo() -> Response:
         "absolute_remaining": int(loaded.absolute_remaining(now)),
         "attributes": dict(ident.attributes),
     }
-    if wants_json():
+    if wants_json(request):
         return json_answer(200, body)
     return page(
         "userinfo.html",
@@ -59,7 +59,7 @@ def session_state() -> Response:
     svc = services()
     now = svc.clock()
     try:
-        loaded = load_session(svc, now)
+        loaded = load_session(svc, request, now)
     except StoreUnavailable as exc:
         svc.audit.emit("store_unavailable", where="/.sso/session", detail=str(exc))
         return unavailable("session store unavailable")

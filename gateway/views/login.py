@@ -43,13 +43,16 @@ def _safe_rd(svc: Services, target: str) -> str | None:
     try:
         return safe_redirect(
             target,
-            request_host=request_host(),
-            request_scheme=public_scheme(svc),
+            request_host=request_host(request),
+            request_scheme=public_scheme(svc, request),
             allowed_domains=svc.settings.redirects.allowed_domains,
         )
     except UnsafeRedirect as exc:
         svc.audit.emit(
-            "redirect_refused", target=target[:200], reason=str(exc), client_ip=client_ip(svc)
+            "redirect_refused",
+            target=target[:200],
+            reason=str(exc),
+            client_ip=client_ip(svc, request),
         )
         return None
 
@@ -58,12 +61,12 @@ def _needs_fresh_login(svc: Services, session: Session, rd: str, now: float) -> 
     """Would the existing session be sent back to log in for ``rd``?  Then show
     the form instead of redirecting (that redirect would loop)."""
     parts = urlsplit(rd or svc.settings.redirects.default)
-    host = (parts.netloc or request_host()).lower()
+    host = (parts.netloc or request_host(request)).lower()
     try:
         path = normalise_path(parts.path or "/")
     except AmbiguousPath:
         return False
-    info = RequestInfo(host=host, path=path, method="GET", client_ip=client_ip(svc))
+    info = RequestInfo(host=host, path=path, method="GET", client_ip=client_ip(svc, request))
     decision = svc.policy.current.evaluate(session.identity, info, now_dt(svc, now))
     return decision.outcome is Outcome.LOGIN
 
@@ -100,7 +103,7 @@ def login_form() -> Response:
             "gateway does not serve.",
         )
     try:
-        loaded = load_session(svc, now)
+        loaded = load_session(svc, request, now)
     except StoreUnavailable as exc:
         svc.audit.emit("store_unavailable", where="/.sso/login", detail=str(exc))
         return page(
@@ -120,7 +123,7 @@ def login_form() -> Response:
 def login_submit() -> Response:
     svc = services()
     now = svc.clock()
-    ip = client_ip(svc)
+    ip = client_ip(svc, request)
     form_rd = request.form.get("rd", "")
     rd = _safe_rd(svc, form_rd)
     if rd is None:
@@ -158,7 +161,7 @@ def login_submit() -> Response:
         limits = policy.session_limits(
             identity, ip, svc.settings.session.idle_timeout, svc.settings.session.absolute_lifetime
         )
-        old = load_session(svc, now)
+        old = load_session(svc, request, now)
         if isinstance(old, Session):
             svc.sessions.delete(old.key)
         cookie, session = svc.sessions.create(
@@ -217,7 +220,7 @@ def logout() -> Response:
     now = svc.clock()
     rd = _safe_rd(svc, request.values.get("rd", ""))
     try:
-        loaded = load_session(svc, now)
+        loaded = load_session(svc, request, now)
         if isinstance(loaded, Session):
             svc.sessions.delete(loaded.key)
             if svc.signer is not None:
@@ -226,7 +229,7 @@ def logout() -> Response:
                 "logout",
                 user=loaded.identity.subject,
                 session=loaded.short_id,
-                client_ip=client_ip(svc),
+                client_ip=client_ip(svc, request),
             )
     except StoreUnavailable as exc:
         svc.audit.emit("store_unavailable", where="/.sso/logout", detail=str(exc))

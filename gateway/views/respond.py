@@ -4,12 +4,17 @@
 * LOGIN          -> 401: "log in" (the ingress sends the browser to /.sso/start);
 * DENY           -> 403: never a redirect, so never a loop;
 * ERROR          -> 503: the gateway could not decide, and fails closed.
+
+Forward-auth answers (:func:`forward_auth_answer`) are plain WSGI; the pages
+and JSON of the other endpoints are Flask responses (:func:`page` and friends).
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+from dataclasses import dataclass
+from typing import Any
 
 from flask import Response, render_template
 
@@ -26,35 +31,62 @@ def _json(status: int, body: dict[str, object]) -> Response:
     return resp
 
 
-def forward_auth_response(
+@dataclass(frozen=True)
+class Answer:
+    """A forward-auth answer, written straight to WSGI (this path runs on every
+    request of every dashboard, so it skips Flask's response machinery)."""
+
+    status: str
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response(self.status, self.headers)
+        return [self.body]
+
+
+def _json_answer(status: str, body: dict[str, object]) -> Answer:
+    data = json.dumps(body).encode()
+    return Answer(
+        status,
+        [
+            ("Content-Type", _JSON),
+            ("Content-Length", str(len(data))),
+            ("Cache-Control", "no-store"),
+        ],
+        data,
+    )
+
+
+def forward_auth_answer(
     svc: Services,
     decision: Decision,
     identity: Identity | None,
     session_key: str | None,
     now: float,
-) -> Response:
+) -> Answer:
     if decision.outcome is Outcome.ALLOW and identity is not None:
-        resp = Response(status=202)
         jwt = None
         if svc.signer is not None and session_key is not None:
             jwt = svc.signer.sign(identity, decision.tier, session_key, now)
-        for name, value in identity_headers(svc.settings.headers, identity, decision.tier, jwt):
-            resp.headers[name] = value
-        resp.headers["Cache-Control"] = "no-store"
-        return resp
+        headers = identity_headers(svc.settings.headers, identity, decision.tier, jwt)
+        headers.append(("Cache-Control", "no-store"))
+        headers.append(("Content-Length", "0"))
+        return Answer("202 Accepted", headers)
     if decision.outcome is Outcome.PUBLIC:
-        resp = Response(status=202)
-        resp.headers["Cache-Control"] = "no-store"
-        return resp
+        return Answer("202 Accepted", [("Cache-Control", "no-store"), ("Content-Length", "0")])
     if decision.outcome is Outcome.LOGIN:
-        body: dict[str, object] = {"error": "login_required"}
-        if decision.step_up:
-            body["error"] = "fresh_login_required"
-        resp = _json(401, body)
-        return resp
+        error = "fresh_login_required" if decision.step_up else "login_required"
+        return _json_answer("401 Unauthorized", {"error": error})
     if decision.outcome is Outcome.DENY:
-        return _json(403, {"error": "forbidden", "required_tiers": list(decision.required_tiers)})
-    return unavailable()
+        return _json_answer(
+            "403 Forbidden", {"error": "forbidden", "required_tiers": list(decision.required_tiers)}
+        )
+    return unavailable_answer()
+
+
+def unavailable_answer(message: str = "the gateway cannot decide right now") -> Answer:
+    return _json_answer("503 Service Unavailable", {"error": "unavailable", "message": message})
 
 
 def unavailable(message: str = "the gateway cannot decide right now") -> Response:

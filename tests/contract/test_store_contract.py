@@ -97,7 +97,7 @@ def test_put_get_delete_round_trip(store: SessionStore) -> None:
 def test_unknown_keys_are_absent(store: SessionStore) -> None:
     assert store.get_session("nope") is None
     assert store.delete_session("nope") is None
-    assert store.touch_session("nope", {"x": 1}, LONG) is False
+    assert store.touch_session("nope", {"x": 1}, LONG, "u") is False
     assert store.get_session("nope") is None  # a touch never creates a session
     assert store.user_sessions("nobody") == []
     assert store.get_counter("nope") == 0
@@ -132,14 +132,14 @@ def test_touch_replaces_only_live_sessions(store: SessionStore) -> None:
     store.put_session("k", {"seen": 1}, SHORT, "alice")
     store.put_session("short", {"seen": 1}, SHORT, "alice")
     store.put_session("gone", {"seen": 1}, LONG, "alice")
-    assert store.touch_session("k", {"seen": 2}, LONG) is True
+    assert store.touch_session("k", {"seen": 2}, LONG, "alice") is True
     assert store.delete_session("gone") == {"seen": 1}
-    assert store.touch_session("gone", {"seen": 2}, LONG) is False  # no resurrection
+    assert store.touch_session("gone", {"seen": 2}, LONG, "alice") is False  # no resurrection
     assert store.get_session("gone") is None
     time.sleep(PAST)
     assert store.get_session("k") == {"seen": 2}  # the touch extended the ttl...
     assert store.user_sessions("alice") == ["k"]  # ...and the index entry, same user
-    assert store.touch_session("short", {"seen": 2}, LONG) is False
+    assert store.touch_session("short", {"seen": 2}, LONG, "alice") is False
     assert store.get_session("short") is None
 
 
@@ -263,7 +263,7 @@ def test_nonsense_ttls_are_refused(store: SessionStore, ttl: float) -> None:
         store.add_once("o", ttl)
     store.put_session("k", {}, LONG, "alice")
     with pytest.raises(ValueError):
-        store.touch_session("k", {}, ttl)
+        store.touch_session("k", {}, ttl, "alice")
     assert store.get_session("k") == {}
     assert store.get_counter("c") == 0
     assert store.pop_value("v") is None
@@ -285,7 +285,7 @@ def test_hostile_keys_round_trip(store: SessionStore, kind: str, tmp_path: Path)
         assert store.get_counter(key) == 1, n
         assert store.add_once(key, LONG) is False, n
         assert store.pop_value(key) == {"key": key}, n
-        assert store.touch_session(key, {"key": key, "touched": True}, LONG) is True, n
+        assert store.touch_session(key, {"key": key, "touched": True}, LONG, key) is True, n
         assert store.delete_session(key) == {"key": key, "touched": True}, n
         assert store.user_sessions(key) == [], n
     if kind == "file":
@@ -652,7 +652,7 @@ def test_redis_outage_fails_fast_and_recovers(redis_server: RedisServer, redis_u
         store.ping,
         lambda: store.put_session("k2", {}, LONG, "alice"),
         lambda: store.get_session("k"),
-        lambda: store.touch_session("k", {}, LONG),
+        lambda: store.touch_session("k", {}, LONG, "u"),
         lambda: store.delete_session("k"),
         lambda: store.user_sessions("alice"),
         lambda: list(store.iter_sessions()),

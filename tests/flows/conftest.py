@@ -141,7 +141,9 @@ class Gateway:
         return cookie.value if cookie is not None else None
 
 
-def write_site(root: Path, *, store: str = "file", extra_yaml: str = "") -> Path:
+def write_site(
+    root: Path, *, store: str = "file", extra_yaml: str = "", session_yaml: str = ""
+) -> Path:
     policies = root / "policies"
     policies.mkdir(parents=True, exist_ok=True)
     (policies / "site.yaml").write_text(POLICY, encoding="utf-8")
@@ -173,7 +175,7 @@ def write_site(root: Path, *, store: str = "file", extra_yaml: str = "") -> Path
         f"policies_dir: {policies}\n"
         f"providers:\n  local:\n    users_file: {users}\n"
         f"session:\n  store: {store}\n  idle_timeout: 900\n  absolute_lifetime: 7200\n"
-        "  touch_interval: 0\n"
+        "  touch_interval: 0\n" + session_yaml +
         "redirects:\n  allowed_domains: [intercom.test, .corp.test]\n"
         "login:\n  max_user_failures: 3\n  max_client_failures: 6\n  failure_window: 600\n"
         + extra_yaml,
@@ -194,11 +196,14 @@ def make_gateway(tmp_path: Path) -> Iterator[GatewayFactory]:
         store: SessionStore | None = None,
         store_kind: str = "file",
         extra_yaml: str = "",
+        session_yaml: str = "",
         clock: Clock | None = None,
         root: Path | None = None,
     ) -> Gateway:
         site = root or tmp_path / "site"
-        config = write_site(site, store=store_kind, extra_yaml=extra_yaml)
+        config = write_site(
+            site, store=store_kind, extra_yaml=extra_yaml, session_yaml=session_yaml
+        )
         settings = load_settings(config)
         stream = io.StringIO()
         clock = clock or Clock()

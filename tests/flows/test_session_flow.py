@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import pytest
 
 from gateway.sessions.redis_store import RedisStore
@@ -121,7 +124,11 @@ def test_sessions_survive_a_gateway_restart(
 def test_redis_outage_fails_closed_and_recovers(
     make_gateway: GatewayFactory, redis_server: RedisServer, redis_url: str
 ) -> None:
-    gw = make_gateway(store=RedisStore(redis_url, socket_timeout=0.3), store_kind="memory")
+    gw = make_gateway(
+        store=RedisStore(redis_url, socket_timeout=0.3),
+        store_kind="memory",
+        session_yaml="  cache_seconds: 0\n",  # every request reads Redis
+    )
     gw.login("alice")
     assert gw.auth(DOORS).status_code == 202
     token = gw.csrf()
@@ -173,3 +180,49 @@ def test_broken_policy_file_keeps_the_old_policy(gw: Gateway) -> None:
     assert gw.auth(DOORS).status_code == 202
     assert gw.events("policy_reload_failed")
     assert "previous in force" in gw.get("/.sso/readyz").get_json()["policy"]
+
+
+def _until(check: Callable[[], bool], timeout: float = 6.0) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if check():
+            return time.monotonic() - start
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def test_cached_sessions_are_revoked_at_once_from_another_process(
+    make_gateway: GatewayFactory, redis_url: str
+) -> None:
+    # two gateway "processes" sharing Redis, each with its own session cache
+    clock = Clock()
+    a = make_gateway(store=RedisStore(redis_url), store_kind="memory", clock=clock)
+    b = make_gateway(
+        store=RedisStore(redis_url), store_kind="memory", clock=clock, root=a.root.parent / "b"
+    )
+    a.login("alice")
+    cookie = a.session_cookie()
+    assert cookie is not None
+    # b shares a's secret so it accepts a's cookie, like a second replica
+    b.services.sessions._signer = a.services.sessions._signer
+    b.client.set_cookie(b.services.cookie_name, cookie, domain="localhost")
+    _until(lambda: b.auth(DOORS).status_code == 202)  # feed up, session cached in b
+    assert b.auth(DOORS).status_code == 202
+    a.services.sessions.revoke_user("alice")  # "sso-gateway sessions revoke" elsewhere
+    _until(lambda: b.auth(DOORS).status_code == 401, timeout=1.0)
+
+
+def test_cache_is_bypassed_when_redis_hangs(
+    make_gateway: GatewayFactory, redis_server: RedisServer, redis_url: str
+) -> None:
+    gw = make_gateway(store=RedisStore(redis_url, socket_timeout=0.3), store_kind="memory")
+    gw.login("alice")
+    _until(lambda: gw.auth(DOORS).status_code == 202)
+    redis_server.pause()
+    try:
+        # the feed's pings go unanswered: cached sessions stop counting
+        waited = _until(lambda: gw.auth(DOORS).status_code == 503, timeout=8.0)
+        assert waited < 8.0
+    finally:
+        redis_server.resume()
+    _until(lambda: gw.auth(DOORS).status_code == 202)
