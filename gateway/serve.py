@@ -25,6 +25,14 @@ class GatewayServer(BaseApplication):  # type: ignore[misc]
         return create_app(self.settings)
 
 
+# listen.worker_class -> gunicorn worker class
+WORKER_CLASSES = {
+    "gevent": "gateway.workers.FairGeventWorker",
+    "gthread": "gthread",
+    "sync": "sync",
+}
+
+
 def gunicorn_options(
     settings: Settings, *, bind: str | None = None, workers: int | None = None
 ) -> dict[str, Any]:
@@ -32,7 +40,7 @@ def gunicorn_options(
     return {
         "bind": bind or _bind(listen.host, listen.port),
         "workers": workers or listen.workers,
-        "worker_class": listen.worker_class,
+        "worker_class": WORKER_CLASSES[listen.worker_class],
         "worker_connections": listen.worker_connections,
         "timeout": listen.timeout,
         "graceful_timeout": 10,

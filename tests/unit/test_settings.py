@@ -622,7 +622,7 @@ def test_gunicorn_options_defaults_and_overrides() -> None:
     options = gunicorn_options(settings)
     assert options["bind"] == "127.0.0.1:8080"
     assert options["workers"] == 2
-    assert options["worker_class"] == "gevent"
+    assert options["worker_class"] == "gateway.workers.FairGeventWorker"
     overridden = gunicorn_options(settings, bind="0.0.0.0:80", workers=8)
     assert overridden["bind"] == "0.0.0.0:80"
     assert overridden["workers"] == 8
