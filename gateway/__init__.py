@@ -44,7 +44,7 @@ def create_app(
 
     from gateway.assertion import AssertionSigner
     from gateway.audit import AuditLog
-    from gateway.core.network import parse_networks
+    from gateway.core.network import TrustedProxies, parse_networks
     from gateway.policy_holder import PolicyHolder
     from gateway.providers.local import LocalUsersProvider
     from gateway.services import Services
@@ -110,7 +110,7 @@ def create_app(
             max_client_failures=settings.login.max_client_failures,
             window=settings.login.failure_window,
         ),
-        trusted_proxies=parse_networks(list(settings.network.trusted_proxies)),
+        trusted_proxies=TrustedProxies(parse_networks(list(settings.network.trusted_proxies))),
         clock=clock,
         cookie_name=cookie_prefix + settings.cookie.name,
         csrf_cookie_name=cookie_prefix + settings.cookie.name + "_csrf",

@@ -196,10 +196,24 @@ def _read_password(confirm: bool = True) -> str:
 # -- commands ------------------------------------------------------------------
 
 
+def _preflight(settings: Settings) -> None:
+    """Refuse to start (one clear message per problem) rather than let every
+    gunicorn worker die on the same broken policy or users file."""
+    from gateway.policy_loader import validate_policies
+    from gateway.providers.local import validate_users_file
+
+    problems = validate_policies(settings.resolve_path(settings.policies_dir))
+    if settings.providers.default == "local":
+        problems += validate_users_file(settings.resolve_path(settings.providers.local.users_file))
+    if problems:
+        raise ConfigError(problems)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.serve import run
 
     settings = _settings(args)
+    _preflight(settings)
     config_path = args.config or os.environ.get(CONFIG_ENV)
     run(settings, config_path, bind=args.bind, workers=args.workers)
     return 0

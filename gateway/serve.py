@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -49,7 +50,16 @@ def gunicorn_options(
         "errorlog": "-",
         "loglevel": "info",
         "proc_name": "sso-gateway",
+        "post_worker_init": _freeze_startup_objects,
     }
+
+
+def _freeze_startup_objects(worker: Any) -> None:
+    """Move everything built at start-up (the app, the policy, the templates) out
+    of the garbage collector's sight: collections then scan only per-request
+    objects, which keeps their pauses out of the latency tail."""
+    gc.collect()
+    gc.freeze()
 
 
 def _bind(host: str, port: int) -> str:

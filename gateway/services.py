@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Network
 
 from gateway.assertion import AssertionSigner
 from gateway.audit import AuditLog
+from gateway.core.network import TrustedProxies
 from gateway.policy_holder import PolicyHolder
 from gateway.providers.local import LocalUsersProvider
 from gateway.sessions.manager import SessionManager
@@ -27,7 +27,7 @@ class Services:
     signer: AssertionSigner | None
     local_users: LocalUsersProvider | None
     throttle: LoginThrottle
-    trusted_proxies: tuple[IPv4Network | IPv6Network, ...]
+    trusted_proxies: TrustedProxies
     clock: Callable[[], float]
     cookie_name: str
     csrf_cookie_name: str

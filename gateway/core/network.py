@@ -9,7 +9,6 @@ an attacker wrote.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -63,12 +62,6 @@ def _variants(addr: IPv4Address | IPv6Address) -> tuple[IPv4Address | IPv6Addres
 
 def ip_in(addr: str, nets: Networks) -> bool:
     """True if ``addr`` lies in any of ``nets``; a malformed address is in none."""
-    return _ip_in(addr, nets)
-
-
-@functools.lru_cache(maxsize=4096)
-def _ip_in(addr: str, nets: Networks) -> bool:
-    # Pure and asked on every request with the same few proxy addresses: cached.
     parsed = parse_address(addr) if addr else None
     if parsed is None:
         return False
@@ -77,14 +70,7 @@ def _ip_in(addr: str, nets: Networks) -> bool:
 
 
 def client_address(remote_addr: str, forwarded_for: str | None, trusted: Networks) -> str:
-    """The client's address as far as trusted proxies tell (see _client_address)."""
-    if forwarded_for is not None and len(forwarded_for) > 512:
-        return _walk_forwarded(remote_addr, forwarded_for, trusted)  # not worth caching
-    return _client_address(remote_addr, forwarded_for, trusted)
-
-
-@functools.lru_cache(maxsize=4096)
-def _client_address(remote_addr: str, forwarded_for: str | None, trusted: Networks) -> str:
+    """The client's address as far as trusted proxies tell (see _walk_forwarded)."""
     return _walk_forwarded(remote_addr, forwarded_for, trusted)
 
 
@@ -109,3 +95,35 @@ def _walk_forwarded(remote_addr: str, forwarded_for: str | None, trusted: Networ
             return text
         last = text
     return last
+
+
+class TrustedProxies:
+    """The trusted-proxy networks, with the two questions asked on every request
+    answered from bounded caches (the same few proxy addresses ask every time)."""
+
+    def __init__(self, nets: Networks, *, cache_size: int = 4096) -> None:
+        self.nets = nets
+        self._size = cache_size
+        self._trusted: dict[str, bool] = {}
+        self._clients: dict[tuple[str, str | None], str] = {}
+
+    def __contains__(self, addr: str) -> bool:
+        hit = self._trusted.get(addr)
+        if hit is None:
+            hit = ip_in(addr, self.nets)
+            if len(self._trusted) >= self._size:
+                self._trusted.clear()
+            self._trusted[addr] = hit
+        return hit
+
+    def client_address(self, remote_addr: str, forwarded_for: str | None) -> str:
+        if forwarded_for is not None and len(forwarded_for) > 512:
+            return _walk_forwarded(remote_addr, forwarded_for, self.nets)
+        key = (remote_addr, forwarded_for)
+        hit = self._clients.get(key)
+        if hit is None:
+            hit = _walk_forwarded(remote_addr, forwarded_for, self.nets)
+            if len(self._clients) >= self._size:
+                self._clients.clear()
+            self._clients[key] = hit
+        return hit

@@ -488,6 +488,9 @@ class PolicySet:
     _held: Callable[[tuple[str, ...], tuple[str, ...]], tuple[Tier, ...]] = field(
         init=False, repr=False, compare=False
     )
+    _route_for: Callable[[str, str, str], Route | None] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -508,6 +511,9 @@ class PolicySet:
         ranked = tuple(sorted(self.tiers, key=lambda t: (-t.rank, t.name)))
         object.__setattr__(self, "_ranked", ranked)
         object.__setattr__(self, "_held", functools.lru_cache(maxsize=2048)(self._compute_held))
+        object.__setattr__(
+            self, "_route_for", functools.lru_cache(maxsize=4096)(self._compute_route)
+        )
 
     def _compute_held(
         self, groups: tuple[str, ...], group_ids: tuple[str, ...]
@@ -535,10 +541,16 @@ class PolicySet:
 
     def match_route(self, req: RequestInfo) -> Route | None:
         """The first route matching the request's host, path and method."""
-        host = normalise_host(req.host)
-        method = req.method.upper()
+        if len(req.path) > 512:  # not worth a cache slot
+            return self._compute_route(req.host, req.path, req.method)
+        route: Route | None = self._route_for(req.host, req.path, req.method)
+        return route
+
+    def _compute_route(self, host: str, path: str, method: str) -> Route | None:
+        host = normalise_host(host)
+        method = method.upper()
         for route in self.routes:
-            if route.matches(host, req.path, method):
+            if route.matches(host, path, method):
                 return route
         return None
 

@@ -13,7 +13,6 @@ from werkzeug.wrappers import Request
 
 from gateway.core.errors import AmbiguousPath
 from gateway.core.model import RequestInfo
-from gateway.core.network import client_address, ip_in
 from gateway.core.paths import normalise_path
 from gateway.services import Services
 from gateway.sessions.manager import Expired, Session
@@ -42,11 +41,13 @@ def remote_addr(req: Request) -> str:
 
 
 def from_trusted_proxy(svc: Services, req: Request) -> bool:
-    return ip_in(remote_addr(req), svc.trusted_proxies)
+    return remote_addr(req) in svc.trusted_proxies
 
 
 def client_ip(svc: Services, req: Request) -> str:
-    return client_address(remote_addr(req), req.headers.get("X-Forwarded-For"), svc.trusted_proxies)
+    return svc.trusted_proxies.client_address(
+        remote_addr(req), req.environ.get("HTTP_X_FORWARDED_FOR")
+    )
 
 
 def request_host(req: Request) -> str:

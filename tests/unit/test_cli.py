@@ -641,3 +641,10 @@ def test_no_command_prints_help(run: Runner) -> None:
     assert result.code == 2
     for command in COMMANDS:
         assert command in result.out
+
+
+def test_serve_refuses_to_start_on_a_broken_policy(run: Runner, site: Site) -> None:
+    (site.policies / "99-broken.yaml").write_text("routes: [", encoding="utf-8")
+    result = run("--config", str(site.config), "serve")
+    assert result.code == 1
+    assert "99-broken.yaml" in result.err

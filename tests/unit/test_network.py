@@ -92,3 +92,24 @@ def test_client_address(remote: str, xff: str | None, expected: str) -> None:
 def test_client_address_never_returns_garbage(xff: str) -> None:
     out = client_address("10.0.0.2", xff, TRUSTED)
     assert parse_address(out) is not None
+
+
+def test_trusted_proxies_object_answers_like_the_functions() -> None:
+    from gateway.core.network import TrustedProxies, client_address, ip_in, parse_networks
+
+    nets = parse_networks(["127.0.0.1/32", "10.0.0.0/8", "::1/128"])
+    trusted = TrustedProxies(nets, cache_size=4)
+    cases = [
+        ("127.0.0.1", "203.0.113.5"),
+        ("127.0.0.1", "203.0.113.5, 10.1.1.1"),
+        ("198.51.100.7", "10.20.30.7"),
+        ("::ffff:127.0.0.1", "203.0.113.9"),
+        ("127.0.0.1", "unknown"),
+        ("127.0.0.1", None),
+        ("", "1.2.3.4"),
+        ("127.0.0.1", "x" * 600),
+    ]
+    for _ in range(3):  # repeated, so answers also come from the (small) caches
+        for remote, xff in cases:
+            assert (remote in trusted) == ip_in(remote, nets)
+            assert trusted.client_address(remote, xff) == client_address(remote, xff, nets)
