@@ -168,16 +168,8 @@ def _build_store(settings: Settings) -> SessionStore:
 def _secret_key(settings: Settings, data_dir: Path) -> str:
     if settings.secret_key is not None:
         return settings.secret_key.get_secret_value()
+    from gateway.files import create_secret_file
+
     path = data_dir / "secret-key"
-    if not path.exists():
-        tmp = path.with_name(f".secret-key.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(secrets.token_urlsafe(48))
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
+    create_secret_file(path, secrets.token_urlsafe(48))
     return path.read_text(encoding="utf-8").strip()

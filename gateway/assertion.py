@@ -10,7 +10,6 @@ so an upstream can verify instead of trusting a header.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -21,6 +20,7 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet
 
 from gateway.core.model import Identity
+from gateway.files import create_secret_file
 
 ALGORITHMS = ["ES256"]  # the only algorithm produced or accepted
 
@@ -99,18 +99,7 @@ def _create_key(path: Path) -> None:
     key = ECKey.generate_key("P-256", private=True)
     data = dict(key.as_dict(private=True))
     data["kid"] = key.thumbprint()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle)
-    try:
-        # another worker may have won the race: keep whichever landed first
-        os.link(tmp, path)
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink()
+    create_secret_file(path, json.dumps(data))
 
 
 def verify(

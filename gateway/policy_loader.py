@@ -33,7 +33,7 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.core.errors import ConfigError, Problem
+from gateway.core.errors import ConfigError, Problem, key_path
 from gateway.core.network import parse_networks
 from gateway.core.policy import (
     Conditions,
@@ -225,16 +225,6 @@ class PolicyFileModel(_Model):
 # -- reading ------------------------------------------------------------------------
 
 
-def _key_path(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
 def _reason(error: Any) -> str:
     kind = error.get("type", "")
     if kind == "extra_forbidden":
@@ -334,7 +324,7 @@ def _read(path: Path, problems: list[Problem]) -> tuple[Any, _Parsed | None]:
     except ValidationError as exc:
         for error in exc.errors():
             loc = tuple(error["loc"])
-            problems.append(Problem(where, _key_path(loc), _reason(error) + _named(raw, loc)))
+            problems.append(Problem(where, key_path(loc), _reason(error) + _named(raw, loc)))
         return raw, _salvage(where, raw)
     return raw, _Parsed(
         where,

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from gateway.core.errors import ConfigError, Problem
+from gateway.core.errors import ConfigError, Problem, key_path
 from gateway.core.network import parse_networks
 
 ENV_PREFIX = "SSO_GATEWAY__"
@@ -208,7 +208,7 @@ def load_settings(
         settings = Settings.model_validate({**raw, "source": source})
     except ValidationError as exc:
         for err in exc.errors():
-            key = _key_path(err.get("loc", ()))
+            key = key_path(err.get("loc", ()))
             problems.append(Problem(source, key, _reason(err)))
         raise ConfigError(problems) from None
     problems.extend(_cross_checks(settings))
@@ -346,16 +346,6 @@ def _resolve_refs(
     if isinstance(node, list):
         return [_resolve_refs(v, source, f"{path}[{i}]", env, problems) for i, v in enumerate(node)]
     return node
-
-
-def _key_path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
 
 
 def _reason(err: Mapping[str, Any]) -> str:

@@ -27,6 +27,17 @@ class Problem:
         return f"{where}: {self.reason}"
 
 
+def key_path(loc: tuple[int | str, ...] | list[int | str]) -> str:
+    """A validation location as written in messages: ``routes[3].allow[1]``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
 class GatewayError(Exception):
     """Base of every error the gateway raises on purpose."""
 

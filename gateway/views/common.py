@@ -11,9 +11,10 @@ from urllib.parse import quote, urlsplit
 from flask import Response, current_app
 from werkzeug.wrappers import Request
 
-from gateway.core.errors import AmbiguousPath
+from gateway.core.errors import AmbiguousPath, UnsafeRedirect
 from gateway.core.model import RequestInfo
 from gateway.core.paths import normalise_path
+from gateway.core.redirects import safe_redirect
 from gateway.services import Services
 from gateway.sessions.manager import Expired, Session
 
@@ -137,6 +138,29 @@ def _info(host: str, raw_path: str, method: str, ip: str, scheme: str) -> Reques
     return RequestInfo(
         host=host, path=normalise_path(raw_path), method=method, client_ip=ip, scheme=scheme
     )
+
+
+def checked_redirect(svc: Services, req: Request, target: str) -> str | None:
+    """``target`` if it is a redirect this gateway may follow (same site or on
+    ``redirects.allowed_domains``); '' when none was given; None when refused
+    (and audited)."""
+    if not target:
+        return ""
+    try:
+        return safe_redirect(
+            target,
+            request_host=request_host(req),
+            request_scheme=public_scheme(svc, req),
+            allowed_domains=svc.settings.redirects.allowed_domains,
+        )
+    except UnsafeRedirect as exc:
+        svc.audit.emit(
+            "redirect_refused",
+            target=target[:200],
+            reason=str(exc),
+            client_ip=client_ip(svc, req),
+        )
+        return None
 
 
 def now_dt(svc: Services, now: float) -> datetime:

@@ -16,18 +16,16 @@ from urllib.parse import urlencode
 from flask import Blueprint, Response, request
 from werkzeug.wrappers import Request
 
-from gateway.core.errors import AmbiguousPath, StoreUnavailable, UnsafeRedirect
+from gateway.core.errors import AmbiguousPath, StoreUnavailable
 from gateway.core.model import Decision, Outcome
-from gateway.core.redirects import safe_redirect
 from gateway.services import Services
 from gateway.sessions.manager import Session
 from gateway.views.common import (
+    checked_redirect,
     client_ip,
     load_session,
     now_dt,
     original_request,
-    public_scheme,
-    request_host,
     services,
     untrusted_forward_headers,
 )
@@ -117,23 +115,9 @@ class ForwardAuthApp:
 def start() -> Response:
     """Begin a login with the default provider, then come back to ``rd``."""
     svc = services()
-    target = request.args.get("rd", "")
-    if target:
-        try:
-            target = safe_redirect(
-                target,
-                request_host=request_host(request),
-                request_scheme=public_scheme(svc, request),
-                allowed_domains=svc.settings.redirects.allowed_domains,
-            )
-        except UnsafeRedirect as exc:
-            svc.audit.emit(
-                "redirect_refused",
-                target=target[:200],
-                reason=str(exc),
-                client_ip=client_ip(svc, request),
-            )
-            return bad_request("the redirect target is not allowed")
+    target = checked_redirect(svc, request, request.args.get("rd", ""))
+    if target is None:
+        return bad_request("the redirect target is not allowed")
     query = {"rd": target} if target else {}
     # a fresh login is always possible from here; the login view decides whether
     # an existing session already suffices

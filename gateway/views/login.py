@@ -11,20 +11,18 @@ from gateway.core.errors import (
     AuthenticationFailed,
     StoreUnavailable,
     Throttled,
-    UnsafeRedirect,
 )
 from gateway.core.model import Outcome, RequestInfo
 from gateway.core.paths import normalise_path
-from gateway.core.redirects import safe_redirect
 from gateway.services import Services
 from gateway.sessions.manager import Session
 from gateway.views import csrf
 from gateway.views.common import (
+    checked_redirect,
     clear_session_cookie,
     client_ip,
     load_session,
     now_dt,
-    public_scheme,
     request_host,
     services,
     set_session_cookie,
@@ -34,27 +32,6 @@ from gateway.views.respond import page, redirect_to
 bp = Blueprint("login", __name__)
 
 GENERIC_FAILURE = "Sign-in failed. Check your user name and password."
-
-
-def _safe_rd(svc: Services, target: str) -> str | None:
-    """The checked redirect target, '' when none was given, None when refused."""
-    if not target:
-        return ""
-    try:
-        return safe_redirect(
-            target,
-            request_host=request_host(request),
-            request_scheme=public_scheme(svc, request),
-            allowed_domains=svc.settings.redirects.allowed_domains,
-        )
-    except UnsafeRedirect as exc:
-        svc.audit.emit(
-            "redirect_refused",
-            target=target[:200],
-            reason=str(exc),
-            client_ip=client_ip(svc, request),
-        )
-        return None
 
 
 def _needs_fresh_login(svc: Services, session: Session, rd: str, now: float) -> bool:
@@ -92,7 +69,7 @@ def _form(
 def login_form() -> Response:
     svc = services()
     now = svc.clock()
-    rd = _safe_rd(svc, request.args.get("rd", ""))
+    rd = checked_redirect(svc, request, request.args.get("rd", ""))
     if rd is None:
         return page(
             "error.html",
@@ -125,7 +102,7 @@ def login_submit() -> Response:
     now = svc.clock()
     ip = client_ip(svc, request)
     form_rd = request.form.get("rd", "")
-    rd = _safe_rd(svc, form_rd)
+    rd = checked_redirect(svc, request, form_rd)
     if rd is None:
         return page(
             "error.html",
@@ -218,7 +195,7 @@ def login_submit() -> Response:
 def logout() -> Response:
     svc = services()
     now = svc.clock()
-    rd = _safe_rd(svc, request.values.get("rd", ""))
+    rd = checked_redirect(svc, request, request.values.get("rd", ""))
     try:
         loaded = load_session(svc, request, now)
         if isinstance(loaded, Session):
