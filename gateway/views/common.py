@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from flask import Response, current_app
 from werkzeug.wrappers import Request
@@ -18,8 +18,13 @@ from gateway.core.redirects import safe_redirect
 from gateway.services import Services
 from gateway.sessions.manager import Expired, Session
 
-_METHOD = re.compile(r"^[A-Z]{1,16}$")
-_HOST = re.compile(r"^[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
+_METHOD = re.compile(r"[A-Z]{1,16}\Z")
+_ORIGINAL_URL = re.compile(
+    r"(?P<scheme>[Hh][Tt][Tt][Pp][Ss]?)://"
+    r"(?P<host>[A-Za-z0-9.\-]{1,253}(?::[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?)"
+    r"(?P<uri>/[^#\s]*)\Z"
+)
+_HOST = re.compile(r"[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?\Z|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?\Z")
 
 FORWARD_HEADERS = (
     "X-Original-URL",
@@ -86,15 +91,16 @@ def original_request(svc: Services, req: Request) -> Judged:
     if from_trusted_proxy(svc, req):
         original_url = headers.get("X-Original-URL")
         if original_url:
-            if "#" in original_url:
-                raise AmbiguousPath("X-Original-URL carries a fragment")
-            parts = urlsplit(original_url)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise AmbiguousPath("X-Original-URL is not an absolute http(s) URL")
+            # Strict: scheme://host[:port] followed by the path and nothing else.
+            # A generic URL parser would let a Host of "good.example?" move the
+            # real path into the query, and the policy would judge "/".
+            match = _ORIGINAL_URL.match(original_url)
+            if match is None:
+                raise AmbiguousPath("X-Original-URL is not scheme://host/path")
+            scheme, host, raw_uri = match.group("scheme", "host", "uri")
             method = headers.get("X-Original-Method") or headers.get("X-Forwarded-Method") or "GET"
-            raw = parts.path or "/"
-            raw_uri = raw + (f"?{parts.query}" if parts.query else "")
-            return Judged(_info(parts.netloc, raw, method, ip, parts.scheme), raw_uri, True)
+            raw = raw_uri.split("?", 1)[0]
+            return Judged(_info(host, raw, method, ip, scheme.lower()), raw_uri, True)
         uri = headers.get("X-Forwarded-Uri")
         fhost = headers.get("X-Forwarded-Host")
         if uri or fhost:

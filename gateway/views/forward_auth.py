@@ -70,7 +70,9 @@ def check(svc: Services, req: Request) -> Answer:
         session = loaded if isinstance(loaded, Session) else None
         identity = session.identity if session is not None else None
         decision = svc.policy.current.evaluate(identity, judged.info, now_dt(svc, now))
-        if session is not None and decision.allowed and not decision.passive:
+        # only a request the session itself allowed counts as activity: neither
+        # passive routes (polling) nor public ones extend the idle timer
+        if session is not None and decision.outcome is Outcome.ALLOW and not decision.passive:
             svc.sessions.touch(session, now)
     except StoreUnavailable as exc:
         svc.audit.emit("store_unavailable", where=AUTH_PATH, detail=str(exc))

@@ -175,8 +175,9 @@ def write_site(
         f"policies_dir: {policies}\n"
         f"providers:\n  local:\n    users_file: {users}\n"
         f"session:\n  store: {store}\n  idle_timeout: 900\n  absolute_lifetime: 7200\n"
-        "  touch_interval: 0\n" + session_yaml +
-        "redirects:\n  allowed_domains: [intercom.test, .corp.test]\n"
+        "  touch_interval: 0\n"
+        + session_yaml
+        + "redirects:\n  allowed_domains: [intercom.test, .corp.test]\n"
         "login:\n  max_user_failures: 3\n  max_client_failures: 6\n  failure_window: 600\n"
         + extra_yaml,
         encoding="utf-8",

@@ -213,3 +213,43 @@ def test_rd_to_this_site_behind_a_tls_terminating_proxy(gw: Gateway) -> None:
         url, headers={"X-Forwarded-Proto": "https"}, environ_base={"REMOTE_ADDR": "203.0.113.9"}
     )
     assert spoofed.status_code == 400
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://intercom.test?/admin/",  # a Host header of "intercom.test?"
+        "https://intercom.test#/admin/",
+        "https://intercom.test@localhost/admin/",
+        "https://user:pw@intercom.test/admin/",
+        "https://intercom.test",  # nginx always sends a path
+        "https://intercom.test/admin/ x",
+        "ftp://intercom.test/admin/",
+        "//intercom.test/admin/",
+        "https://intercom.test:99999999/admin/",
+    ],
+)
+def test_original_url_with_a_mangled_authority_is_refused(gw: Gateway, url: str) -> None:
+    gw.login("alice")  # an operator; /admin/ is for admins
+    resp = gw.auth(url)
+    assert resp.status_code == 403
+    assert gw.events("denied")[-1]["reason"] == "ambiguous-request"
+
+
+@pytest.mark.parametrize(
+    "host", ["intercom.test?", "intercom.test/admin", "intercom.test@x", "a b", "intercom.test#"]
+)
+def test_forwarded_host_with_junk_is_refused(gw: Gateway, host: str) -> None:
+    gw.login("alice")
+    resp = gw.get("/.sso/auth", headers={"X-Forwarded-Host": host, "X-Forwarded-Uri": "/doors/"})
+    assert resp.status_code == 403
+    assert gw.events("denied")[-1]["reason"] == "ambiguous-request"
+
+
+def test_public_routes_do_not_extend_the_idle_timer(gw: Gateway) -> None:
+    gw.login("alice")
+    for _ in range(9):  # a tab polling the public health check for 900 s
+        gw.clock.advance(100)
+        assert gw.auth("https://intercom.test/health").status_code == 202
+    gw.clock.advance(1)
+    assert gw.auth("https://intercom.test/doors/").status_code == 401
