@@ -65,6 +65,10 @@ tiers:
 """,
     "10-routes.yaml": """\
 routes:
+  - name: other-site  # another host with looser rules: must never judge our requests
+    hosts: [other.test]
+    path: /
+    allow: [operator, admin]
   - name: lobby-public
     hosts: [127.0.0.1, localhost]
     path: /public/

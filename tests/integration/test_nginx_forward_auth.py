@@ -352,3 +352,92 @@ def _judge_directly(gateway: GatewayProcess, client: requests.Session, believed:
         assert len(warnings) == 2
         assert all(w["client_ip"] == "127.0.0.1" for w in warnings)
         assert "X-Original-URL" in warnings[0]["headers"]
+
+
+def _raw(
+    base_url: str,
+    request_line_target: str,
+    host: str,
+    headers: Sequence[tuple[str, str]],
+    method: str = "GET",
+) -> tuple[int, bytes]:
+    """Send exactly this request line and Host header."""
+    parts = urlsplit(base_url)
+    conn = http.client.HTTPConnection("127.0.0.1", parts.port, timeout=10)
+    try:
+        conn.putrequest(method, request_line_target, skip_host=True, skip_accept_encoding=True)
+        conn.putheader("Host", host)
+        for name, value in headers:
+            conn.putheader(name, value)
+        conn.endheaders()
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("target", "host"),
+    [
+        ("/admin/", "{netloc}?"),  # '?' in Host once moved the path into the query
+        ("/admin/", "{netloc}#"),
+        ("/admin/", "other.test"),  # a host whose routes are looser
+        ("/admin/", "other.test:{port}"),
+        ("http://{netloc}/admin/", "other.test"),  # absolute-form request line
+        ("http://other.test/admin/", "{netloc}"),
+    ],
+)
+def test_the_host_a_client_names_never_changes_which_routes_judge_it(
+    stack: Stack, client: requests.Session, upstream: EchoUpstream, target: str, host: str
+) -> None:
+    """alice is an operator; /admin/ is for admins on this server whatever Host says."""
+    _log_in(stack, client, rd=stack.url("/console/"))
+    netloc = urlsplit(stack.nginx.url).netloc
+    port = str(urlsplit(stack.nginx.url).port)
+    upstream.reset()
+    status, body = _raw(
+        stack.nginx.url,
+        target.format(netloc=netloc),
+        host.format(netloc=netloc, port=port),
+        [("Cookie", _cookie_header(client))],
+    )
+    assert status in (400, 403), (status, body[:200])
+    assert upstream.seen == []
+
+
+def test_the_upstream_never_receives_the_gateway_cookies(
+    stack: Stack, client: requests.Session, upstream: EchoUpstream
+) -> None:
+    _log_in(stack, client, rd=stack.url("/console/"))
+    jar = _cookie_header(client)
+    assert "sso_gw=" in jar and "sso_gw_csrf=" in jar
+    for cookie in (
+        f"theme=dark; {jar}; lang=de",
+        f"{jar}; theme=dark",
+        f"theme=dark; {jar}",
+        jar,
+    ):
+        upstream.reset()
+        status, _, body = _raw_get(stack.nginx.url, "/console/", [("Cookie", cookie)])
+        assert status == 200, body[:300]
+        [seen] = upstream.seen
+        forwarded = seen.get("Cookie") or ""
+        assert "sso_gw" not in forwarded, forwarded
+        for keep in ("theme=dark", "lang=de"):
+            if keep in cookie:
+                assert keep in forwarded
+
+
+def test_method_override_headers_are_dropped(
+    stack: Stack, client: requests.Session, upstream: EchoUpstream
+) -> None:
+    _log_in(stack, client, rd=stack.url("/console/"))
+    upstream.reset()
+    status, _, _ = _raw_get(
+        stack.nginx.url,
+        "/console/",
+        [("Cookie", _cookie_header(client)), ("X-HTTP-Method-Override", "DELETE")],
+    )
+    assert status == 200
+    [seen] = upstream.seen
+    assert seen.get("X-HTTP-Method-Override") is None
