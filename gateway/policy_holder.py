@@ -2,7 +2,8 @@
 
 A broken policy file never replaces a working policy: the old one stays in
 force, the problems go to the audit log, and ``/.sso/readyz`` keeps answering
-from the last good set.
+from the last good set.  A change is loaded only when the files have not changed
+between two checks (one interval apart).
 """
 
 from __future__ import annotations
@@ -51,21 +52,32 @@ class PolicyHolder:
         self._fingerprint = _fingerprint(directory)
         self._policy = initial if initial is not None else load_policies(directory)
         self._next_check = clock() + check_interval
+        self._pending: tuple[tuple[str, int, int], ...] | None = None
         self.last_error: str | None = None
 
     @property
     def current(self) -> PolicySet:
         """The policy in force; looks for changed files at most every few seconds."""
         if self._interval > 0 and self._clock() >= self._next_check:
-            self.maybe_reload()
+            self.maybe_reload(wait_until_stable=True)
         return self._policy
 
-    def maybe_reload(self) -> bool:
+    def maybe_reload(self, *, wait_until_stable: bool = False) -> bool:
+        """Load the files if they changed; True if a new policy is in force.
+        With ``wait_until_stable`` a change must also have held still since the
+        previous check."""
         with self._lock:
             self._next_check = self._clock() + self._interval
             fingerprint = _fingerprint(self.directory)
             if fingerprint == self._fingerprint:
+                self._pending = None
                 return False
+            if wait_until_stable and fingerprint != self._pending:
+                # changed since the last look: wait until it holds still for one
+                # interval, so a file caught half-written is not loaded
+                self._pending = fingerprint
+                return False
+            self._pending = None
             self._fingerprint = fingerprint
             try:
                 policy = load_policies(self.directory)

@@ -9,6 +9,7 @@ from flask import Blueprint, Response, request
 
 from gateway.core.errors import StoreUnavailable
 from gateway.sessions.manager import Session
+from gateway.views import csrf
 from gateway.views.common import load_session, services, wants_json
 from gateway.views.respond import json_answer, page, redirect_to, unavailable
 
@@ -44,13 +45,17 @@ def userinfo() -> Response:
     }
     if wants_json(request):
         return json_answer(200, body)
-    return page(
+    nonce, token = csrf.issue(svc)  # for the page's sign-out button
+    resp = page(
         "userinfo.html",
         200,
         site_name=svc.settings.site_name,
         info=body,
         warn_before=svc.settings.session.warn_before,
+        csrf_token=token,
     )
+    csrf.set_cookie(svc, resp, nonce)
+    return resp
 
 
 @bp.route("/.sso/session", methods=["GET"])

@@ -191,11 +191,53 @@ def login_submit() -> Response:
     return resp
 
 
-@bp.route("/.sso/logout", methods=["GET", "POST"])
+@bp.route("/.sso/logout", methods=["GET"])
+def logout_form() -> Response:
+    """A page with one button: sign-out is a POST with a CSRF token, so another
+    site cannot sign people out by sending their browser here."""
+    svc = services()
+    now = svc.clock()
+    rd = checked_redirect(svc, request, request.args.get("rd", "")) or ""
+    try:
+        loaded = load_session(svc, request, now)
+    except StoreUnavailable:
+        loaded = None  # the POST reports the outage
+    if not isinstance(loaded, Session):
+        resp = (
+            redirect_to(rd, code=303)
+            if rd
+            else page("logged_out.html", 200, site_name=svc.settings.site_name)
+        )
+        clear_session_cookie(svc, resp)
+        return resp
+    nonce, token = csrf.issue(svc)
+    resp = page(
+        "logout.html",
+        200,
+        site_name=svc.settings.site_name,
+        user=loaded.identity.name or loaded.identity.subject,
+        csrf_token=token,
+        rd=rd,
+    )
+    csrf.set_cookie(svc, resp, nonce)
+    return resp
+
+
+@bp.route("/.sso/logout", methods=["POST"])
 def logout() -> Response:
     svc = services()
     now = svc.clock()
-    rd = checked_redirect(svc, request, request.values.get("rd", ""))
+    rd = checked_redirect(svc, request, request.form.get("rd", ""))
+    if not csrf.valid(svc, request.form.get("csrf_token")):
+        svc.audit.emit("logout_refused", reason="csrf", client_ip=client_ip(svc, request))
+        return page(
+            "error.html",
+            400,
+            site_name=svc.settings.site_name,
+            title="Sign-out not confirmed",
+            message="The sign-out form expired or did not come from this gateway. "
+            "Open /.sso/logout and press the button again.",
+        )
     try:
         loaded = load_session(svc, request, now)
         if isinstance(loaded, Session):

@@ -131,6 +131,18 @@ class Gateway:
             **kw,
         )
 
+    def logout(self, rd: str = "") -> TestResponse:
+        """Sign out as a person does: open /.sso/logout, press the button."""
+        page = self.get("/.sso/logout" + (f"?rd={rd}" if rd else ""))
+        match = re.search(r'name="csrf_token" value="([^"]+)"', page.get_data(as_text=True))
+        if match is None:  # no session: the page says so (or redirected)
+            return page
+        form_rd = re.search(r'name="rd" value="([^"]*)"', page.get_data(as_text=True))
+        return self.post(
+            "/.sso/logout",
+            data={"csrf_token": match.group(1), "rd": form_rd.group(1) if form_rd else ""},
+        )
+
     def auth(self, url: str, method: str = "GET", **kw: Any) -> TestResponse:
         headers = {"X-Original-URL": url, "X-Original-Method": method}
         headers.update(kw.pop("headers", {}))

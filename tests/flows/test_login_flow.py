@@ -133,7 +133,7 @@ def test_logout_deletes_server_state(gw: Gateway) -> None:
     assert cookie is not None
     key = gw.services.sessions.key_from_cookie(cookie)
     assert key is not None
-    resp = gw.post("/.sso/logout")
+    resp = gw.logout()
     assert resp.status_code == 200
     assert "signed out" in resp.get_data(as_text=True)
     assert gw.services.store.get_session(key) is None
@@ -145,13 +145,35 @@ def test_logout_deletes_server_state(gw: Gateway) -> None:
 
 def test_logout_redirect_follows_the_allow_list(gw: Gateway) -> None:
     gw.login("alice")
-    assert gw.get("/.sso/logout?rd=https://intercom.test/").headers["Location"] == (
-        "https://intercom.test/"
-    )
+    assert gw.logout(rd="https://intercom.test/").headers["Location"] == "https://intercom.test/"
     gw.login("alice")
-    resp = gw.get("/.sso/logout?rd=https://evil.example/")
+    resp = gw.logout(rd="https://evil.example/")
     assert resp.status_code == 200  # session ended, but no redirect off-site
     assert "Location" not in resp.headers
+    assert gw.events("redirect_refused")
+
+
+def test_logout_needs_the_confirmation_form(gw: Gateway) -> None:
+    gw.login("alice")
+    page = gw.get("/.sso/logout")  # another site sending the browser here...
+    assert page.status_code == 200 and "Sign out" in page.get_data(as_text=True)
+    assert gw.auth("https://intercom.test/doors/").status_code == 202  # ...ends nothing
+    for token in ("", "forged"):  # a cross-site POST has no valid token
+        resp = gw.post("/.sso/logout", data={"csrf_token": token})
+        assert resp.status_code == 400
+    assert gw.auth("https://intercom.test/doors/").status_code == 202
+    assert gw.events("logout_refused")
+    assert gw.logout().status_code == 200
+    assert gw.auth("https://intercom.test/doors/").status_code == 401
+
+
+def test_identity_page_signs_out_with_its_button(gw: Gateway) -> None:
+    gw.login("alice")
+    html = gw.get("/.sso/userinfo", headers={"Accept": "text/html"}).get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert token is not None
+    assert gw.post("/.sso/logout", data={"csrf_token": token.group(1)}).status_code == 200
+    assert gw.auth("https://intercom.test/doors/").status_code == 401
 
 
 def test_existing_session_skips_the_form_without_looping(gw: Gateway) -> None:

@@ -279,7 +279,9 @@ def test_logout_ends_access_at_once(
     assert _seen(client.get(target)).get("X-Auth-Request-User") == "alice"
     stolen = _cookie_header(client)
 
-    bye = client.post(stack.url("/.sso/logout"))
+    confirm = client.get(stack.url("/.sso/logout"))
+    assert confirm.status_code == 200
+    bye = client.post(stack.url("/.sso/logout"), data=form_fields(confirm.text))
     assert bye.status_code == 200
     assert "signed out" in bye.text
 

@@ -88,6 +88,13 @@ def rewrite(path: Path, text: str) -> None:
     os.utime(path, ns=(bumped, bumped))
 
 
+def settle(holder: PolicyHolder, clock: FakeClock) -> None:
+    """Two checks one interval apart: a change is loaded once it held still."""
+    clock.advance(INTERVAL)
+    assert holder.current is not None
+    clock.advance(INTERVAL)
+
+
 def alice_on_doors(policy: PolicySet) -> Outcome:
     return policy.evaluate(ALICE, DOORS, WHEN).outcome
 
@@ -129,6 +136,10 @@ def test_a_change_is_picked_up_after_the_check_interval(
     assert events.names() == []
 
     clock.advance(INTERVAL / 2)
+    assert holder.current is before  # seen, but it must hold still for one interval
+    assert events.names() == []
+
+    clock.advance(INTERVAL)
     after = holder.current
     assert after is not before
     assert alice_on_doors(after) is Outcome.DENY
@@ -148,7 +159,7 @@ def test_a_new_file_is_picked_up(holder: PolicyHolder, policy_dir: Path, clock: 
         "routes:\n  - name: door\n    hosts: [door.example]\n    path: /\n    allow: [operator]\n",
         encoding="utf-8",
     )
-    clock.advance(INTERVAL)
+    settle(holder, clock)
     assert holder.current.evaluate(ALICE, door_site, WHEN).outcome is Outcome.ALLOW
 
 
@@ -171,7 +182,7 @@ def test_a_broken_file_keeps_the_old_policy_in_force(
     original = intercom.read_text(encoding="utf-8")
     rewrite(intercom, original.replace("allow: [admin]", "allow: [ghost-tier]", 1))
 
-    clock.advance(INTERVAL)
+    settle(holder, clock)
     assert holder.current is good
     assert alice_on_doors(holder.current) is Outcome.ALLOW
     assert holder.last_error is not None
@@ -185,13 +196,13 @@ def test_a_broken_file_keeps_the_old_policy_in_force(
     assert any("10-intercom.yaml" in p and "ghost-tier" in p for p in failed["problems"])
 
     # the same broken files are not re-parsed (nor re-reported) on every check
-    clock.advance(INTERVAL)
+    settle(holder, clock)
     assert holder.current is good
     assert events.names() == ["policy_reload_failed"]
 
     # fixing the file reloads and clears the error
     rewrite(intercom, original.replace(OPERATORS_ON_DOORS, NO_OPERATORS_ON_DOORS))
-    clock.advance(INTERVAL)
+    settle(holder, clock)
     fixed = holder.current
     assert fixed is not good
     assert alice_on_doors(fixed) is Outcome.DENY
@@ -206,13 +217,13 @@ def test_a_yaml_syntax_error_keeps_the_old_policy(
     site = policy_dir / "00-site.yaml"
     original = site.read_text(encoding="utf-8")
     rewrite(site, original + "\nroutes: [\n")
-    clock.advance(INTERVAL)
+    settle(holder, clock)
     assert holder.current is good
     assert holder.last_error is not None
     assert events.names() == ["policy_reload_failed"]
 
     rewrite(site, original)
-    clock.advance(INTERVAL)
+    settle(holder, clock)
     assert holder.current is not good
     assert holder.last_error is None
     assert events.names() == ["policy_reload_failed", "policy_reloaded"]
@@ -224,7 +235,7 @@ def test_removing_every_file_keeps_the_old_policy(
     good = holder.current
     for path in policy_dir.glob("*.yaml"):
         path.unlink()
-    clock.advance(INTERVAL)
+    settle(holder, clock)
     assert holder.current is good
     assert holder.last_error is not None
     assert events.names() == ["policy_reload_failed"]
@@ -235,7 +246,7 @@ def test_removing_the_folder_keeps_the_old_policy(
 ) -> None:
     good = holder.current
     shutil.rmtree(policy_dir)
-    clock.advance(INTERVAL)
+    settle(holder, clock)
     assert holder.current is good
     assert holder.last_error is not None
     assert events.names() == ["policy_reload_failed"]
@@ -264,3 +275,26 @@ def test_a_zero_interval_never_checks_on_its_own(
     assert holder.current is before
     assert holder.maybe_reload() is True
     assert holder.current is not before
+
+
+def test_a_file_caught_mid_write_is_not_loaded(
+    holder: PolicyHolder, policy_dir: Path, events: Events, clock: FakeClock
+) -> None:
+    """A check that sees a file still changing waits for it to hold still."""
+    good = holder.current
+    intercom = policy_dir / "10-intercom.yaml"
+    text = intercom.read_text(encoding="utf-8")
+    # a half-written file that happens to validate: the door-open route without
+    # its network condition
+    half = text.split("    conditions:\n      networks:")[0] + "\n"
+    rewrite(intercom, half)
+    clock.advance(INTERVAL)
+    assert holder.current is good  # seen once: not loaded
+    rewrite(intercom, text)  # the writer finishes: back to the full file
+    clock.advance(INTERVAL)
+    assert holder.current is good  # changed again since: still waiting
+    clock.advance(INTERVAL)
+    final = holder.current  # held still: loaded, and it is the complete file
+    assert events.names() == ["policy_reloaded"]
+    door_open = next(r for r in final.routes if r.name == "intercom-door-open")
+    assert door_open.conditions.networks
