@@ -45,6 +45,7 @@ def create_app(
     from gateway.assertion import AssertionSigner
     from gateway.audit import AuditLog
     from gateway.core.network import TrustedProxies, parse_networks
+    from gateway.offload import Offloader
     from gateway.policy_holder import PolicyHolder
     from gateway.providers.local import LocalUsersProvider
     from gateway.services import Services
@@ -67,7 +68,10 @@ def create_app(
 
     local_users = None
     if settings.providers.default == "local":
-        local_users = LocalUsersProvider(settings.resolve_path(settings.providers.local.users_file))
+        local_users = LocalUsersProvider(
+            settings.resolve_path(settings.providers.local.users_file),
+            run=Offloader(limit=2),  # argon2 off the event loop, two at a time
+        )
 
     signer = None
     if settings.jwt.enabled:

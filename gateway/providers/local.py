@@ -37,7 +37,7 @@ import secrets
 import stat
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -373,13 +373,26 @@ def _file_signature(path: Path) -> tuple[int, int, int, int]:
 # ---------------------------------------------------------------------------
 
 
+def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
+
+
 class LocalUsersProvider:
     """Checks usernames and passwords against a local users file."""
 
     name = PROVIDER_NAME
 
-    def __init__(self, users_file: Path, hasher: PasswordHasher | None = None) -> None:
+    def __init__(
+        self,
+        users_file: Path,
+        hasher: PasswordHasher | None = None,
+        *,
+        run: Callable[..., Any] | None = None,
+    ) -> None:
+        """``run(fn, *args)`` executes the password verification; the app passes
+        one that keeps it off the event loop (see gateway.offload)."""
         self.users_file = Path(users_file)
+        self._run: Callable[..., Any] = run if run is not None else _call
         self._hasher = hasher if hasher is not None else PasswordHasher()
         if self._hasher.type is not Type.ID:
             raise ValueError("the local users provider needs an argon2id PasswordHasher")
@@ -472,7 +485,7 @@ class LocalUsersProvider:
 
     def _verify(self, password_hash: str, secret: bytes) -> bool:
         try:
-            return bool(self._hasher.verify(password_hash, secret))
+            return bool(self._run(self._hasher.verify, password_hash, secret))
         except VerificationError:
             return False
         except InvalidHashError:
