@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.serve import GatewayServer, gunicorn_options
@@ -53,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = load_settings(args.config) if args.config else Settings()
     options = gunicorn_options(settings, bind=args.bind, workers=args.workers)
     options["proc_name"] = "sso-gateway-floor"
+    # its own gunicornc control socket beside the gateway's (not a speed setting)
+    options["control_socket"] = str(Path(options["control_socket"]).with_name("floor.ctl"))
     FloorServer(settings, options).run()
     return 0
 

@@ -51,6 +51,8 @@ def gunicorn_options(
         "loglevel": "info",
         "proc_name": "sso-gateway",
         "post_worker_init": _freeze_startup_objects,
+        # one control socket per gateway (gunicornc), not one per user account
+        "control_socket": str(settings.resolve_path(settings.data_dir) / "gunicorn.ctl"),
     }
 
 
