@@ -43,7 +43,7 @@ def create_app(
     from flask import Flask
 
     from gateway.assertion import AssertionSigner
-    from gateway.audit import AuditLog
+    from gateway.audit import AuditLimiter, AuditLog
     from gateway.core.network import TrustedProxies, parse_networks
     from gateway.offload import Offloader
     from gateway.policy_holder import PolicyHolder
@@ -120,6 +120,7 @@ def create_app(
         csrf_cookie_name=cookie_prefix + settings.cookie.name + "_csrf",
         secret_key=secret_key,
         identity_header_names=frozenset(n.lower() for n in settings.headers.all_names()),
+        audit_limiter=AuditLimiter(interval=60.0),
     )
 
     app = Flask(__name__, template_folder="templates", static_folder=None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -66,3 +67,24 @@ class AuditLog:
         for handler in list(self._logger.handlers):
             handler.close()
             self._logger.removeHandler(handler)
+
+
+class AuditLimiter:
+    """At most one audit line per key per ``interval`` seconds, for events an
+    outsider can trigger at will (so they cannot flood the log).  Bounded."""
+
+    def __init__(self, interval: float = 60.0, max_keys: int = 10_000) -> None:
+        self.interval = interval
+        self._max = max_keys
+        self._last: dict[Any, float] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key: Any, now: float) -> bool:
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.interval:
+                return False
+            if len(self._last) >= self._max:
+                self._last.clear()
+            self._last[key] = now
+            return True

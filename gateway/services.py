@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.assertion import AssertionSigner
-from gateway.audit import AuditLog
+from gateway.audit import AuditLimiter, AuditLog
 from gateway.core.network import TrustedProxies
 from gateway.policy_holder import PolicyHolder
 from gateway.providers.local import LocalUsersProvider
@@ -34,3 +34,5 @@ class Services:
     secret_key: str
     # lower-cased names of every identity header (inbound copies are dropped)
     identity_header_names: frozenset[str]
+    # rate limit for audit events outsiders can trigger at will
+    audit_limiter: AuditLimiter

@@ -58,12 +58,13 @@ def check(svc: Services, req: Request) -> Answer:
         )
     if not judged.forwarded:
         spoofed = untrusted_forward_headers(svc, req)
-        if spoofed:
+        if spoofed and svc.audit_limiter.allow(("untrusted", judged.info.client_ip), now):
             svc.audit.emit(
                 "untrusted_forward_headers",
                 client_ip=judged.info.client_ip,
                 headers=spoofed,
                 reason="original-request headers from an untrusted address were ignored",
+                note="reported at most once a minute per address",
             )
     try:
         loaded = load_session(svc, req, now)

@@ -142,6 +142,12 @@ def test_original_request_headers_from_untrusted_addresses_are_ignored(gw: Gatew
     event = gw.events("untrusted_forward_headers")[-1]
     assert event["client_ip"] == "203.0.113.9"
     assert "X-Original-URL" in event["headers"]
+    for _ in range(5):  # an outsider cannot flood the audit log with these
+        gw.auth("https://intercom.test/health", environ_base=UNTRUSTED)
+    assert len(gw.events("untrusted_forward_headers")) == 1
+    gw.clock.advance(61)
+    gw.auth("https://intercom.test/health", environ_base=UNTRUSTED)
+    assert len(gw.events("untrusted_forward_headers")) == 2
     # From the trusted proxy, the same headers are believed.
     assert gw.auth("https://intercom.test/health").status_code == 202
 

@@ -155,3 +155,14 @@ def test_close_stops_writing(log_file: Path) -> None:
     audit.close()
     audit.emit("after")  # no handler left: dropped, no error
     assert [r["event"] for r in lines_of(log_file)] == ["before"]
+
+
+def test_audit_limiter_allows_one_line_per_key_per_interval() -> None:
+    from gateway.audit import AuditLimiter
+
+    limiter = AuditLimiter(interval=60.0, max_keys=2)
+    assert limiter.allow("a", 0.0) is True
+    assert limiter.allow("a", 59.0) is False
+    assert limiter.allow("b", 59.0) is True
+    assert limiter.allow("a", 60.0) is True
+    assert limiter.allow("c", 61.0) is True  # bounded: the table starts over when full
