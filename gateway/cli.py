@@ -62,8 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "serve",
         parents=[common],
-        help="run the gateway under gunicorn (gevent workers)",
-        description="Run the gateway under gunicorn with the [listen] settings.",
+        help="run the gateway under gunicorn (listen.worker_class, default gevent)",
+        description="Check the policies and users file, then run the gateway under gunicorn "
+        "with the listen.* settings (default: 2 gevent workers that yield between "
+        "keep-alive requests). The gunicornc control socket is data_dir/gunicorn.ctl.",
     )
     p.add_argument("--bind", help="HOST:PORT to listen on (default: listen.host:listen.port)")
     p.add_argument("--workers", type=int, help="worker processes (default: listen.workers)")
@@ -99,7 +101,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ip", default="127.0.0.1", help="client address (default 127.0.0.1)")
     p.add_argument("--mfa", action="store_true", help="the login used multi-factor authentication")
     p.add_argument("--auth-age", type=int, default=0, help="seconds since the login (default 0)")
-    p.add_argument("--at", help="evaluate at this ISO-8601 time instead of now")
+    p.add_argument(
+        "--at",
+        help="evaluate at this ISO-8601 time instead of now (no offset: policy timezone)",
+    )
     p.add_argument("--policies", help="policy folder (default: policies_dir from the config)")
     p.set_defaults(func=cmd_explain)
 
@@ -112,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     users.add_argument("--users-file", help="users file (default: providers.local.users_file)")
     usub = users.add_subparsers(title="actions", metavar="ACTION")
-    u = usub.add_parser("add", parents=[common], help="add a user")
+    u = usub.add_parser("add", parents=[common], help="add a user (password: 8+ characters)")
     u.add_argument("username")
     u.add_argument("--name", default="")
     u.add_argument("--email", default="")
@@ -125,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
         help="identity attribute, e.g. ipPhone=4711 (repeatable)",
     )
     u.set_defaults(func=cmd_users_add)
-    u = usub.add_parser("passwd", parents=[common], help="set a user's password")
+    u = usub.add_parser("passwd", parents=[common], help="set a user's password (8+ characters)")
     u.add_argument("username")
     u.set_defaults(func=cmd_users_passwd)
     u = usub.add_parser("remove", parents=[common], help="remove a user")

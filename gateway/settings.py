@@ -19,6 +19,7 @@ Where values come from, in order of precedence:
 from __future__ import annotations
 
 import os
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -287,8 +288,8 @@ def _apply_env_overrides(
                 value = yaml.safe_load(env[name]) if env[name] else ""
             except yaml.YAMLError:
                 value = env[name]
-            if isinstance(value, dict | list):
-                value = env[name]
+            if isinstance(value, dict | list) and not _is_collection_setting(parts):
+                value = env[name]  # a scalar setting: take the text as it is
         node = raw
         ok = True
         for part in parts[:-1]:
@@ -300,6 +301,19 @@ def _apply_env_overrides(
             node = child
         if ok:
             node[parts[-1]] = value
+
+
+def _is_collection_setting(parts: list[str]) -> bool:
+    """Whether ``parts`` names a list or mapping setting (trusted_proxies, ...)."""
+    model: Any = Settings
+    annotation: Any = None
+    for part in parts:
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            return False
+        annotation = fields[part].annotation
+        model = annotation
+    return typing.get_origin(annotation) in (tuple, list, dict)
 
 
 def _is_setting(parts: list[str]) -> bool:

@@ -16,10 +16,12 @@ in the process for ``cache_seconds`` (see :mod:`gateway.sessions.cache`).
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import os
 import secrets
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +34,11 @@ from gateway.sessions.cache import SessionCache
 from gateway.sessions.store import SessionStore
 
 RECORD_VERSION = 1
+# The store keeps a record this long past the session's absolute end, so an
+# expired session that is presented again is recognised (and audited as
+# expired) instead of simply being unknown.  Expiry itself is decided here, by
+# the timestamps in the record, never by the store's TTL.
+EXPIRED_GRACE = 600
 _VERIFIED_MAX = 10_000
 
 
@@ -185,8 +192,7 @@ class SessionManager:
             "absolute": absolute,
             "client_ip": client_ip,
         }
-        ttl = min(idle, absolute)
-        self.store.put_session(key, record, ttl, identity.subject)
+        self.store.put_session(key, record, absolute + EXPIRED_GRACE, identity.subject)
         return self._signer.dumps(token), _to_session(key, record)
 
     def load(self, key: str, now: float) -> Session | Expired | None:
@@ -214,9 +220,9 @@ class SessionManager:
             return
         record = dict(session.record)
         record["last_seen"] = now
-        ttl = min(session.idle, session.created + session.absolute - now)
-        if ttl <= 0:
+        if session.absolute_remaining(now) <= 0:
             return
+        ttl = session.created + session.absolute - now + EXPIRED_GRACE
         epoch = self._cache.epoch if self._cache is not None else 0
         if self.store.touch_session(session.key, record, ttl, session.identity.subject):
             if self._cache is not None:
@@ -237,8 +243,13 @@ class SessionManager:
                 removed.append(key)
         return removed
 
-    def list(self, user: str | None = None) -> list[Session]:
-        out: list[Session] = []
+    def list(self, user: str | None = None, *, now: float | None = None) -> list[Session]:
+        """Live sessions (those past their idle or absolute limit are left out)."""
+        when = time.time() if now is None else now
+        return [s for s in self._all(user) if s.remaining(when) > 0]
+
+    def _all(self, user: str | None) -> builtins.list[Session]:
+        out: builtins.list[Session] = []
         if user is not None:
             for key in self.store.user_sessions(user):
                 record = self.store.get_session(key)

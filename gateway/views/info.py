@@ -22,6 +22,8 @@ def userinfo() -> Response:
     now = svc.clock()
     try:
         loaded = load_session(svc, request, now)
+        if isinstance(loaded, Session):
+            svc.sessions.touch(loaded, now)  # opening this page is activity
     except StoreUnavailable as exc:
         svc.audit.emit("store_unavailable", where="/.sso/userinfo", detail=str(exc))
         return unavailable("session store unavailable")

@@ -227,3 +227,11 @@ def test_cache_is_bypassed_when_redis_hangs(
     finally:
         redis_server.resume()
     _until(lambda: gw.auth(DOORS).status_code == 202)
+
+
+def test_opening_the_identity_page_is_activity(gw: Gateway) -> None:
+    gw.login("alice")
+    gw.clock.advance(800)
+    assert gw.get("/.sso/userinfo", headers={"Accept": "text/html"}).status_code == 200
+    gw.clock.advance(800)  # 1600 s after login, 800 s after the page view
+    assert _remaining(gw)["idle_remaining"] == 100

@@ -632,3 +632,19 @@ def test_gunicorn_bind_for_an_ipv6_host() -> None:
     settings = load_settings(None, environ={"SSO_GATEWAY__LISTEN__HOST": "'::1'"})
     assert settings.listen.host == "::1"
     assert gunicorn_options(settings)["bind"] == "[::1]:8080"
+
+
+def test_env_overrides_of_list_and_mapping_settings() -> None:
+    settings = load_settings(
+        None,
+        environ={
+            "SSO_GATEWAY__NETWORK__TRUSTED_PROXIES": "[10.0.0.0/8, 127.0.0.1/32]",
+            "SSO_GATEWAY__REDIRECTS__ALLOWED_DOMAINS": "[.example.com]",
+            "SSO_GATEWAY__HEADERS__EXTRA": "{X-Auth-Request-Room: [room]}",
+            "SSO_GATEWAY__SITE_NAME": "[not a list]",  # a text setting keeps the text
+        },
+    )
+    assert settings.network.trusted_proxies == ("10.0.0.0/8", "127.0.0.1/32")
+    assert settings.redirects.allowed_domains == (".example.com",)
+    assert settings.headers.extra == {"X-Auth-Request-Room": ("room",)}
+    assert settings.site_name == "[not a list]"

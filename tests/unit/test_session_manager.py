@@ -1,0 +1,39 @@
+"""SessionManager against the in-process store, in real time."""
+
+from __future__ import annotations
+
+import time
+
+from gateway.core.model import Identity
+from gateway.sessions.manager import Expired, Session, SessionManager
+from gateway.sessions.memory_store import MemoryStore
+
+ALICE = Identity(subject="alice", provider="local")
+
+
+def test_an_expired_session_is_recognised_not_just_forgotten() -> None:
+    """The store keeps the record past its end, so the expiry can be audited."""
+    manager = SessionManager(MemoryStore(), "secret" * 8)
+    cookie, session = manager.create(
+        ALICE, tier=None, idle=1, absolute=60, client_ip="127.0.0.1", now=time.time()
+    )
+    key = manager.key_from_cookie(cookie)
+    assert key == session.key
+    assert isinstance(manager.load(key, time.time()), Session)
+    time.sleep(1.2)
+    expired = manager.load(key, time.time())
+    assert isinstance(expired, Expired) and expired.why == "idle" and expired.user == "alice"
+    assert manager.load(key, time.time()) is None  # and it is gone now
+    assert manager.list() == []
+
+
+def test_tampered_cookies_give_no_key() -> None:
+    manager = SessionManager(MemoryStore(), "secret" * 8)
+    cookie, _ = manager.create(
+        ALICE, tier=None, idle=60, absolute=60, client_ip="127.0.0.1", now=time.time()
+    )
+    assert manager.key_from_cookie(cookie) is not None
+    for bad in (cookie[:-1] + ("A" if cookie[-1] != "A" else "B"), "", "x" * 600, cookie + "."):
+        assert manager.key_from_cookie(bad) is None
+    other = SessionManager(MemoryStore(), "another-secret" * 4)
+    assert other.key_from_cookie(cookie) is None
