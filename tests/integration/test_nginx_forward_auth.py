@@ -351,7 +351,8 @@ def _judge_directly(gateway: GatewayProcess, client: requests.Session, believed:
     if believed:
         assert warnings == []
     else:
-        assert len(warnings) == 2
+        # at most one line a minute per address, per worker process (2 here)
+        assert 1 <= len(warnings) <= 2
         assert all(w["client_ip"] == "127.0.0.1" for w in warnings)
         assert "X-Original-URL" in warnings[0]["headers"]
 
