@@ -45,6 +45,7 @@ def create_app(
     from gateway.assertion import AssertionSigner
     from gateway.audit import AuditLimiter, AuditLog
     from gateway.core.network import TrustedProxies, parse_networks
+    from gateway.identity_headers import IdentityHeaderCache
     from gateway.offload import Offloader
     from gateway.policy_holder import PolicyHolder
     from gateway.providers.local import LocalUsersProvider
@@ -121,6 +122,7 @@ def create_app(
         secret_key=secret_key,
         identity_header_names=frozenset(n.lower() for n in settings.headers.all_names()),
         audit_limiter=AuditLimiter(interval=60.0),
+        header_cache=IdentityHeaderCache(settings.headers),
     )
 
     app = Flask(__name__, template_folder="templates", static_folder=None)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from gateway.assertion import AssertionSigner
 from gateway.audit import AuditLimiter, AuditLog
 from gateway.core.network import TrustedProxies
+from gateway.identity_headers import IdentityHeaderCache
 from gateway.policy_holder import PolicyHolder
 from gateway.providers.local import LocalUsersProvider
 from gateway.sessions.manager import SessionManager
@@ -36,3 +37,5 @@ class Services:
     identity_header_names: frozenset[str]
     # rate limit for audit events outsiders can trigger at will
     audit_limiter: AuditLimiter
+    # identity headers per (session, tier, JWT), rebuilt when the JWT is renewed
+    header_cache: IdentityHeaderCache

@@ -89,7 +89,7 @@ def original_request(svc: Services, req: Request) -> Judged:
     ip = client_ip(svc, req)
     headers = req.headers
     if from_trusted_proxy(svc, req):
-        original_url = headers.get("X-Original-URL")
+        original_url = req.environ.get("HTTP_X_ORIGINAL_URL")
         if original_url:
             # Strict: scheme://host[:port] followed by the path and nothing else.
             # A generic URL parser would let a Host of "good.example?" move the
@@ -98,7 +98,12 @@ def original_request(svc: Services, req: Request) -> Judged:
             if match is None:
                 raise AmbiguousPath("X-Original-URL is not scheme://host/path")
             scheme, host, raw_uri = match.group("scheme", "host", "uri")
-            method = headers.get("X-Original-Method") or headers.get("X-Forwarded-Method") or "GET"
+            environ = req.environ
+            method = (
+                environ.get("HTTP_X_ORIGINAL_METHOD")
+                or environ.get("HTTP_X_FORWARDED_METHOD")
+                or "GET"
+            )
             raw = raw_uri.split("?", 1)[0]
             return Judged(_info(host, raw, method, ip, scheme.lower()), raw_uri, True)
         uri = headers.get("X-Forwarded-Uri")
@@ -173,10 +178,26 @@ def now_dt(svc: Services, now: float) -> datetime:
     return datetime.fromtimestamp(now, tz=UTC)
 
 
+def cookie_value(header: str | None, name: str) -> str | None:
+    """The first cookie called ``name`` in a Cookie header (what werkzeug's parser
+    would give, without parsing every other cookie on every forward-auth call).
+    Quoted values are unquoted; the gateway's own values are never quoted."""
+    if not header or name not in header:
+        return None
+    for part in header.split(";"):
+        key, _, value = part.partition("=")
+        if key.strip() == name:
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            return value
+    return None
+
+
 def load_session(svc: Services, req: Request, now: float) -> Session | Expired | None:
     """The session behind the cookie.  A tampered cookie counts as none (and is
     audited); store failures raise StoreUnavailable."""
-    cookie = req.cookies.get(svc.cookie_name)
+    cookie = cookie_value(req.environ.get("HTTP_COOKIE"), svc.cookie_name)
     if cookie is None:
         return None
     key = svc.sessions.key_from_cookie(cookie)

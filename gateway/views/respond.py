@@ -19,8 +19,8 @@ from typing import Any
 from flask import Response, render_template
 
 from gateway.core.model import Decision, Identity, Outcome
+from gateway.identity_headers import identity_headers
 from gateway.services import Services
-from gateway.views.identity_headers import identity_headers
 
 _JSON = "application/json"
 
@@ -69,7 +69,10 @@ def forward_auth_answer(
         jwt = None
         if svc.signer is not None and session_key is not None:
             jwt = svc.signer.sign(identity, decision.tier, session_key, now)
-        headers = identity_headers(svc.settings.headers, identity, decision.tier, jwt)
+        if session_key is not None:
+            headers = svc.header_cache.headers(identity, decision.tier, jwt, session_key)
+        else:
+            headers = identity_headers(svc.settings.headers, identity, decision.tier, jwt)
         headers.append(("Cache-Control", "no-store"))
         headers.append(("Content-Length", "0"))
         return Answer("202 Accepted", headers)

@@ -113,3 +113,25 @@ def test_trusted_proxies_object_answers_like_the_functions() -> None:
         for remote, xff in cases:
             assert (remote in trusted) == ip_in(remote, nets)
             assert trusted.client_address(remote, xff) == client_address(remote, xff, nets)
+
+
+def test_cookie_value_matches_werkzeugs_parser() -> None:
+    from werkzeug.http import parse_cookie
+
+    from gateway.views.common import cookie_value
+
+    headers = [
+        "__Host-sso_gw=abc.def",
+        "a=1; __Host-sso_gw=abc.def; b=2",
+        "__Host-sso_gw=first; __Host-sso_gw=second",
+        'x=1;__Host-sso_gw="quoted"',
+        "x__Host-sso_gw=no; y=1",
+        "__Host-sso_gw_csrf=nope",
+        "__Host-sso_gw",
+        "",
+        " __Host-sso_gw = spaced ; z=1",
+    ]
+    for header in headers:
+        expected = parse_cookie(header).get("__Host-sso_gw")
+        assert cookie_value(header, "__Host-sso_gw") == expected, header
+    assert cookie_value(None, "__Host-sso_gw") is None

@@ -4,6 +4,7 @@ on the proxied request)."""
 from __future__ import annotations
 
 import re
+import threading
 
 from gateway.core.model import Identity
 from gateway.settings import HeaderSettings
@@ -37,3 +38,32 @@ def identity_headers(
                 out.append((name, header_value(value)))
                 break
     return out
+
+
+class IdentityHeaderCache:
+    """The identity headers of a session, built once per (session, tier, JWT):
+    ``/.sso/auth`` answers the same person many times a second."""
+
+    def __init__(self, cfg: HeaderSettings, *, max_entries: int = 4096) -> None:
+        self._cfg = cfg
+        self._max = max_entries
+        self._lock = threading.Lock()
+        self._entries: dict[
+            tuple[str, str | None, str | None], tuple[Identity, list[tuple[str, str]]]
+        ] = {}
+
+    def headers(
+        self, identity: Identity, tier: str | None, jwt: str | None, session_key: str
+    ) -> list[tuple[str, str]]:
+        """A fresh list (the caller may append to it)."""
+        key = (session_key, tier, jwt)
+        with self._lock:
+            hit = self._entries.get(key)
+        if hit is not None and hit[0] is identity:
+            return list(hit[1])
+        built = identity_headers(self._cfg, identity, tier, jwt)
+        with self._lock:
+            if len(self._entries) >= self._max:
+                self._entries.clear()
+            self._entries[key] = (identity, built)
+        return list(built)
