@@ -1,6 +1,7 @@
 """Login throttling: failure counters per username and per client address.
 
-The check runs BEFORE the password is verified.  Counters are kept for every
+The check runs BEFORE the password is verified (:meth:`LoginThrottle.begin`, which
+also counts the attempt against the user atomically).  Counters are kept for every
 name tried, existing or not, so a throttled answer never tells whether a user
 exists.  Usernames are stored hashed (SHA-256 of the lowercased name) so the
 store holds no list of names people typed, and a name's counter does not depend
@@ -57,6 +58,30 @@ class LoginThrottle:
         self.max_user_failures = max_user_failures
         self.max_client_failures = max_client_failures
         self.window = float(window)
+
+    def begin(self, username: str, client_ip: str) -> None:
+        """Admit one login attempt, or raise Throttled.
+
+        The attempt is counted against the user *before* the password is
+        checked, with the store's atomic increment, so concurrent guesses cannot
+        all pass a read-then-count check; :meth:`succeeded` forgets the count.
+        The client's counter holds failures only (an office behind one NAT
+        address signs in many times a day), so it is read here and increased by
+        :meth:`failed`.
+        """
+        if self._get(client_key(client_ip)) >= self.max_client_failures:
+            raise Throttled("throttled-client")
+        if self._incr(user_key(username)) > self.max_user_failures:
+            raise Throttled("throttled-user")
+
+    def failed(self, username: str, client_ip: str) -> None:
+        """The admitted attempt failed: count it for the client address (the user
+        was counted by :meth:`begin`)."""
+        self._incr(client_key(client_ip))
+
+    def succeeded(self, username: str, client_ip: str) -> None:
+        """The admitted attempt succeeded: forget the user's attempts."""
+        self.record_success(username, client_ip)
 
     def check(self, username: str, client_ip: str) -> None:
         """Raise Throttled('throttled-user' | 'throttled-client') when over a limit.

@@ -125,14 +125,14 @@ def login_submit() -> Response:
     if svc.local_users is None:
         return _form(svc, rd=rd, status=404, error="Password sign-in is not enabled here.")
     try:
-        svc.throttle.check(username, ip)
+        svc.throttle.begin(username, ip)
         svc.local_users.reload()  # picks up `sso-gateway users ...` changes (one stat)
         try:
             identity = svc.local_users.authenticate(username, password, now=now)
         except AuthenticationFailed:
-            svc.throttle.record_failure(username, ip)
+            svc.throttle.failed(username, ip)
             raise
-        svc.throttle.record_success(username, ip)
+        svc.throttle.succeeded(username, ip)
         policy = svc.policy.current
         tier = policy.primary_tier(identity, ip, now_dt(svc, now))
         limits = policy.session_limits(

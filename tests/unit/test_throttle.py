@@ -170,3 +170,59 @@ def test_invalid_limits_are_refused(users: int, clients: int, window: float) -> 
         throttle_with(
             make_store(), max_user_failures=users, max_client_failures=clients, window=window
         )
+
+
+def test_begin_counts_concurrent_attempts_atomically() -> None:
+    """Twenty simultaneous guesses at one account: only the first five get a
+    password check, however the threads interleave."""
+    import threading
+
+    from gateway.core.errors import Throttled
+    from gateway.sessions.memory_store import MemoryStore
+    from gateway.throttle import LoginThrottle
+
+    throttle = LoginThrottle(MemoryStore(), max_user_failures=5, max_client_failures=100)
+    admitted: list[int] = []
+    start = threading.Barrier(20)
+
+    def attempt(n: int) -> None:
+        start.wait()
+        try:
+            throttle.begin("alice", f"10.0.0.{n}")
+        except Throttled:
+            return
+        admitted.append(n)
+
+    threads = [threading.Thread(target=attempt, args=(n,)) for n in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(admitted) == 5
+
+
+def test_begin_failed_succeeded_cycle() -> None:
+    from gateway.core.errors import Throttled
+    from gateway.sessions.memory_store import MemoryStore
+    from gateway.throttle import LoginThrottle
+
+    throttle = LoginThrottle(MemoryStore(), max_user_failures=2, max_client_failures=3)
+    throttle.begin("alice", "10.0.0.1")
+    throttle.succeeded("alice", "10.0.0.1")  # success forgets the user's attempts
+    for _ in range(2):
+        throttle.begin("alice", "10.0.0.1")
+        throttle.failed("alice", "10.0.0.1")
+    try:
+        throttle.begin("alice", "10.0.0.1")
+    except Throttled as exc:
+        assert exc.reason == "throttled-user"
+    else:
+        raise AssertionError("third attempt should be throttled")
+    throttle.begin("bob", "10.0.0.1")
+    throttle.failed("bob", "10.0.0.1")  # third client failure
+    try:
+        throttle.begin("carol", "10.0.0.1")
+    except Throttled as exc:
+        assert exc.reason == "throttled-client"
+    else:
+        raise AssertionError("the client is over its limit")
