@@ -7,7 +7,7 @@ exists.  Usernames are stored hashed (SHA-256 of the lowercased name) so the
 store holds no list of names people typed, and a name's counter does not depend
 on how it was capitalised.
 
-A counter disappears ``window`` seconds after its first failure (a fixed window,
+A counter disappears ``window`` seconds after its first increment (a fixed window,
 as the session store's ``incr`` defines it).  A successful login forgets the
 user's counter, but not the client's: one address guessing many accounts stays
 limited.
@@ -80,28 +80,8 @@ class LoginThrottle:
         self._incr(client_key(client_ip))
 
     def succeeded(self, username: str, client_ip: str) -> None:
-        """The admitted attempt succeeded: forget the user's attempts."""
-        self.record_success(username, client_ip)
-
-    def check(self, username: str, client_ip: str) -> None:
-        """Raise Throttled('throttled-user' | 'throttled-client') when over a limit.
-
-        Both counters are read on every call, whatever the outcome.
-        """
-        user_failures = self._get(user_key(username))
-        client_failures = self._get(client_key(client_ip))
-        if user_failures >= self.max_user_failures:
-            raise Throttled("throttled-user")
-        if client_failures >= self.max_client_failures:
-            raise Throttled("throttled-client")
-
-    def record_failure(self, username: str, client_ip: str) -> None:
-        """Count one failed attempt for the name (known or not) and the address."""
-        self._incr(user_key(username))
-        self._incr(client_key(client_ip))
-
-    def record_success(self, username: str, client_ip: str) -> None:
-        """Forget the user's failures; the client's failures stay counted."""
+        """The admitted attempt succeeded: forget the user's attempts (the
+        client's failures stay counted)."""
         try:
             self._store.reset_counter(user_key(username))
         except StoreUnavailable:
