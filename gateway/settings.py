@@ -303,32 +303,28 @@ def _apply_env_overrides(
             node[parts[-1]] = value
 
 
-def _is_collection_setting(parts: list[str]) -> bool:
-    """Whether ``parts`` names a list or mapping setting (trusted_proxies, ...)."""
-    model: Any = Settings
-    annotation: Any = None
+_NOT_A_SETTING = object()
+
+
+def _annotation(parts: list[str]) -> Any:
+    """The type of the setting ``parts`` names (nested models followed), or
+    ``_NOT_A_SETTING``."""
+    node: Any = Settings
     for part in parts:
-        fields = getattr(model, "model_fields", None)
-        if fields is None or part not in fields:
-            return False
-        annotation = fields[part].annotation
-        model = annotation
-    return typing.get_origin(annotation) in (tuple, list, dict)
+        fields = getattr(node, "model_fields", None)
+        if fields is None or part not in fields or part == "source":
+            return _NOT_A_SETTING
+        node = fields[part].annotation
+    return node
 
 
 def _is_setting(parts: list[str]) -> bool:
-    """Whether ``parts`` names a field of :class:`Settings` (nested models followed)."""
-    model: Any = Settings
-    for i, part in enumerate(parts):
-        fields = getattr(model, "model_fields", None)
-        if fields is None or part not in fields or part == "source":
-            return False
-        annotation = fields[part].annotation
-        if i < len(parts) - 1:
-            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-                return False
-            model = annotation
-    return True
+    return _annotation(parts) is not _NOT_A_SETTING
+
+
+def _is_collection_setting(parts: list[str]) -> bool:
+    """Whether ``parts`` names a list or mapping setting (trusted_proxies, ...)."""
+    return typing.get_origin(_annotation(parts)) in (tuple, list, dict)
 
 
 def _resolve_refs(

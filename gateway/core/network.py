@@ -9,6 +9,7 @@ an attacker wrote.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -70,11 +71,6 @@ def ip_in(addr: str, nets: Networks) -> bool:
 
 
 def client_address(remote_addr: str, forwarded_for: str | None, trusted: Networks) -> str:
-    """The client's address as far as trusted proxies tell (see _walk_forwarded)."""
-    return _walk_forwarded(remote_addr, forwarded_for, trusted)
-
-
-def _walk_forwarded(remote_addr: str, forwarded_for: str | None, trusted: Networks) -> str:
     """The client's address as far as trusted proxies tell.
 
     ``remote_addr`` is the TCP peer.  If it is not a trusted proxy it is the
@@ -99,31 +95,20 @@ def _walk_forwarded(remote_addr: str, forwarded_for: str | None, trusted: Networ
 
 class TrustedProxies:
     """The trusted-proxy networks, with the two questions asked on every request
-    answered from bounded caches (the same few proxy addresses ask every time)."""
+    answered from per-instance LRU caches (the same few proxy addresses ask every
+    time), as :class:`gateway.core.policy.PolicySet` caches its tier lookups."""
 
     def __init__(self, nets: Networks, *, cache_size: int = 4096) -> None:
         self.nets = nets
-        self._size = cache_size
-        self._trusted: dict[str, bool] = {}
-        self._clients: dict[tuple[str, str | None], str] = {}
+        self._contains = functools.lru_cache(maxsize=cache_size)(lambda addr: ip_in(addr, nets))
+        self._client = functools.lru_cache(maxsize=cache_size)(
+            lambda remote, forwarded: client_address(remote, forwarded, nets)
+        )
 
     def __contains__(self, addr: str) -> bool:
-        hit = self._trusted.get(addr)
-        if hit is None:
-            hit = ip_in(addr, self.nets)
-            if len(self._trusted) >= self._size:
-                self._trusted.clear()
-            self._trusted[addr] = hit
-        return hit
+        return bool(self._contains(addr))
 
     def client_address(self, remote_addr: str, forwarded_for: str | None) -> str:
-        if forwarded_for is not None and len(forwarded_for) > 512:
-            return _walk_forwarded(remote_addr, forwarded_for, self.nets)
-        key = (remote_addr, forwarded_for)
-        hit = self._clients.get(key)
-        if hit is None:
-            hit = _walk_forwarded(remote_addr, forwarded_for, self.nets)
-            if len(self._clients) >= self._size:
-                self._clients.clear()
-            self._clients[key] = hit
-        return hit
+        if forwarded_for is not None and len(forwarded_for) > 512:  # not worth a slot
+            return client_address(remote_addr, forwarded_for, self.nets)
+        return str(self._client(remote_addr, forwarded_for))

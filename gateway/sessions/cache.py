@@ -58,10 +58,6 @@ class SessionCache:
 
     # -- used by the session manager -----------------------------------------
     @property
-    def enabled(self) -> bool:
-        return self._healthy and self.ttl > 0
-
-    @property
     def epoch(self) -> int:
         return self._epoch
 

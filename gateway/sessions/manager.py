@@ -25,7 +25,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from itsdangerous import BadSignature, URLSafeSerializer
 
@@ -84,6 +84,7 @@ def session_key(token: str) -> str:
     return hashlib.sha256(token.encode("ascii", "replace")).hexdigest()
 
 
+@runtime_checkable
 class InvalidationFeed(Protocol):
     """What a shared store offers so per-process caches stay correct (Redis)."""
 
@@ -107,13 +108,9 @@ class SessionManager:
         # verified cookie -> store key; only cookies whose signature held get in
         self._verified: OrderedDict[str, str] = OrderedDict()
         self._verified_lock = threading.Lock()
-        self._cache: SessionCache | None = None
-        subscribe = getattr(store, "subscribe_invalidations", None)
-        if cache_seconds > 0 and subscribe is not None:
-            self._cache = SessionCache(cache_seconds)
-            self._subscribe: Callable[..., None] | None = subscribe
-        else:
-            self._subscribe = None
+        # only a store that tells every process about deletions may be cached
+        self._feed = store if isinstance(store, InvalidationFeed) else None
+        self._cache = SessionCache(cache_seconds) if cache_seconds > 0 and self._feed else None
         self._subscribed_pid = 0
 
     # -- cookie <-> key ---------------------------------------------------
@@ -139,13 +136,13 @@ class SessionManager:
 
     def _ensure_feed(self) -> None:
         """Subscribe to the store's invalidations once per process (after fork)."""
-        if self._subscribe is None or self._cache is None:
+        if self._feed is None or self._cache is None:
             return
         pid = os.getpid()
         if self._subscribed_pid != pid:
             self._subscribed_pid = pid
             self._cache.set_healthy(False)
-            self._subscribe(self._cache.invalidate, self._cache.set_healthy)
+            self._feed.subscribe_invalidations(self._cache.invalidate, self._cache.set_healthy)
 
     def _read(self, key: str) -> tuple[Session | None, bool]:
         """(session, came from the cache).  A record that does not parse is deleted."""

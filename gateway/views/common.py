@@ -75,7 +75,6 @@ class Judged:
     """The request to judge, plus whether it came from the proxy's headers."""
 
     info: RequestInfo
-    raw_uri: str
     forwarded: bool
 
 
@@ -105,7 +104,7 @@ def original_request(svc: Services, req: Request) -> Judged:
                 or "GET"
             )
             raw = raw_uri.split("?", 1)[0]
-            return Judged(_info(host, raw, method, ip, scheme.lower()), raw_uri, True)
+            return Judged(_info(host, raw, method, ip, scheme.lower()), True)
         uri = headers.get("X-Forwarded-Uri")
         fhost = headers.get("X-Forwarded-Host")
         if uri or fhost:
@@ -114,7 +113,7 @@ def original_request(svc: Services, req: Request) -> Judged:
             scheme = (headers.get("X-Forwarded-Proto") or req.scheme).split(",")[0].strip()
             method = headers.get("X-Forwarded-Method") or "GET"
             host = (fhost or req.host or "").split(",")[0].strip()
-            return Judged(_info(host, raw, method, ip, scheme), uri, True)
+            return Judged(_info(host, raw, method, ip, scheme), True)
     environ = req.environ
     raw_uri = (
         environ.get("RAW_URI")
@@ -122,7 +121,7 @@ def original_request(svc: Services, req: Request) -> Judged:
         or environ.get("SCRIPT_NAME", "") + _quote(environ.get("PATH_INFO", "/"))
     )
     raw = raw_uri.split("?", 1)[0]
-    return Judged(_info(req.host, raw, req.method, ip, req.scheme), raw_uri, False)
+    return Judged(_info(req.host, raw, req.method, ip, req.scheme), False)
 
 
 def untrusted_forward_headers(svc: Services, req: Request) -> list[str]:

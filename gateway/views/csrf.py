@@ -14,6 +14,7 @@ from flask import Response, request
 from itsdangerous import BadData, URLSafeTimedSerializer
 
 from gateway.services import Services
+from gateway.views.respond import page
 
 MAX_AGE = 1800
 
@@ -53,3 +54,12 @@ def valid(svc: Services, token: str | None) -> bool:
     except BadData:
         return False
     return isinstance(signed, str) and hmac.compare_digest(signed, nonce)
+
+
+def form_page(svc: Services, template: str, status: int, **context: object) -> Response:
+    """A page holding a form: rendered with a fresh ``csrf_token`` and the
+    matching nonce cookie set."""
+    nonce, token = issue(svc)
+    resp = page(template, status, csrf_token=token, **context)
+    set_cookie(svc, resp, nonce)
+    return resp

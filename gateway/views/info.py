@@ -11,7 +11,7 @@ from gateway.core.errors import StoreUnavailable
 from gateway.sessions.manager import Session
 from gateway.views import csrf
 from gateway.views.common import load_session, services, wants_json
-from gateway.views.respond import json_answer, page, redirect_to, unavailable
+from gateway.views.respond import json_answer, redirect_to, unavailable
 
 bp = Blueprint("info", __name__)
 
@@ -47,17 +47,14 @@ def userinfo() -> Response:
     }
     if wants_json(request):
         return json_answer(200, body)
-    nonce, token = csrf.issue(svc)  # for the page's sign-out button
-    resp = page(
+    return csrf.form_page(  # the page's sign-out button is a form
+        svc,
         "userinfo.html",
         200,
         site_name=svc.settings.site_name,
         info=body,
         warn_before=svc.settings.session.warn_before,
-        csrf_token=token,
     )
-    csrf.set_cookie(svc, resp, nonce)
-    return resp
 
 
 @bp.route("/.sso/session", methods=["GET"])

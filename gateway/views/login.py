@@ -51,18 +51,15 @@ def _needs_fresh_login(svc: Services, session: Session, rd: str, now: float) -> 
 def _form(
     svc: Services, *, rd: str, status: int = 200, error: str | None = None, username: str = ""
 ) -> Response:
-    nonce, token = csrf.issue(svc)
-    resp = page(
+    return csrf.form_page(
+        svc,
         "login.html",
         status,
         site_name=svc.settings.site_name,
         rd=rd,
-        csrf_token=token,
         error=error,
         username=username,
     )
-    csrf.set_cookie(svc, resp, nonce)
-    return resp
 
 
 @bp.route("/.sso/login", methods=["GET"])
@@ -210,17 +207,14 @@ def logout_form() -> Response:
         )
         clear_session_cookie(svc, resp)
         return resp
-    nonce, token = csrf.issue(svc)
-    resp = page(
+    return csrf.form_page(
+        svc,
         "logout.html",
         200,
         site_name=svc.settings.site_name,
         user=loaded.identity.name or loaded.identity.subject,
-        csrf_token=token,
         rd=rd,
     )
-    csrf.set_cookie(svc, resp, nonce)
-    return resp
 
 
 @bp.route("/.sso/logout", methods=["POST"])

@@ -19,7 +19,6 @@ from typing import Any
 from flask import Response, render_template
 
 from gateway.core.model import Decision, Identity, Outcome
-from gateway.identity_headers import identity_headers
 from gateway.services import Services
 
 _JSON = "application/json"
@@ -65,14 +64,11 @@ def forward_auth_answer(
     session_key: str | None,
     now: float,
 ) -> Answer:
-    if decision.outcome is Outcome.ALLOW and identity is not None:
+    if decision.outcome is Outcome.ALLOW and identity is not None and session_key is not None:
         jwt = None
         if svc.signer is not None and session_key is not None:
             jwt = svc.signer.sign(identity, decision.tier, session_key, now)
-        if session_key is not None:
-            headers = svc.header_cache.headers(identity, decision.tier, jwt, session_key)
-        else:
-            headers = identity_headers(svc.settings.headers, identity, decision.tier, jwt)
+        headers = svc.header_cache.headers(identity, decision.tier, jwt, session_key)
         headers.append(("Cache-Control", "no-store"))
         headers.append(("Content-Length", "0"))
         return Answer("202 Accepted", headers)
