@@ -34,8 +34,6 @@ import os
 import platform
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,9 +48,13 @@ from dataclasses import asdict, dataclass
 from html.parser import HTMLParser
 from importlib import metadata
 from pathlib import Path
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # run as a script: make tests.peers importable
+
+from tests.peers import RedisServer, child_env, free_port, stop_process, tail  # noqa: E402
+
 BIN_DIR = Path(sys.executable).parent
 RESULTS = REPO_ROOT / "bench" / "results" / "latest.json"
 SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
@@ -100,23 +102,9 @@ def which(name: str) -> str | None:
     return shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", ""), *SBIN]))
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def fail(message: str) -> NoReturn:
     print(f"bench: {message}", file=sys.stderr)
     raise SystemExit(2)
-
-
-def _tail(path: Path, size: int = 3000) -> str:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")[-size:]
-    except OSError:
-        return "(no log)"
 
 
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -131,31 +119,6 @@ def _status(url: str, headers: dict[str, str] | None = None) -> tuple[int | None
         return exc.code, dict(exc.headers.items())
     except OSError:
         return None, {}
-
-
-def child_env(directory: Path) -> dict[str, str]:
-    """Our environment minus gateway overrides; gunicorn's control socket in ``directory``."""
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("SSO_GATEWAY")}
-    run_dir = directory / "run"
-    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    env["XDG_RUNTIME_DIR"] = str(run_dir)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    """SIGTERM to the PID; SIGKILL to its process group if it does not exit."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait(timeout=timeout)
 
 
 @contextmanager
@@ -182,69 +145,10 @@ def wait_http(url: str, log: Path, what: str, timeout: float = 30.0) -> None:
         if _status(url)[0] == 200:
             return
         time.sleep(0.05)
-    fail(f"{what} did not answer {url}:\n{_tail(log)}")
+    fail(f"{what} did not answer {url}:\n{tail(log)}")
 
 
 # -- Redis ----------------------------------------------------------------------------
-
-
-class Redis(Protocol):
-    @property
-    def url(self) -> str: ...
-
-    def start(self) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class _OwnRedis:
-    """Fallback when tests/peers.py is not importable: a private redis-server."""
-
-    def __init__(self, binary: str) -> None:
-        self.binary = binary
-        self.port = free_port()
-        self.directory = Path(tempfile.mkdtemp(prefix="ssogw-bench-redis-"))
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        args = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", str(self.directory),
-        ]  # fmt: skip
-        self._process = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        fail(f"redis-server did not start on port {self.port}")
-
-    def close(self) -> None:
-        if self._process is not None:
-            stop_process(self._process)
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def make_redis(binary: str) -> Redis:
-    sys.path.insert(0, str(REPO_ROOT))
-    try:
-        from tests.peers import RedisServer
-    except ImportError:
-        return _OwnRedis(binary)
-    return RedisServer(binary)
 
 
 # -- the two servers ------------------------------------------------------------------
@@ -417,12 +321,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="ssogw-bench-"))
     try:
         with ExitStack() as stack:
-            redis = make_redis(redis_binary)
+            redis = RedisServer(redis_binary)
             stack.callback(redis.close)
             redis.start()
 
             config = write_gateway_files(work, redis.url)
-            env = child_env(work)
+            env = child_env()
             gateway_port, floor_port = free_port(), free_port()
             gateway_log, floor_log = work / "gateway.log", work / "floor.log"
             workers = ["--workers", str(args.workers)]
@@ -442,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             deadline = time.monotonic() + 30
             while _status(floor + "/.sso/auth")[0] != 202:
                 if time.monotonic() > deadline:
-                    fail(f"the floor did not start:\n{_tail(floor_log)}")
+                    fail(f"the floor did not start:\n{tail(floor_log)}")
                 time.sleep(0.05)
 
             cookie = sign_in(gateway)

@@ -30,6 +30,38 @@ def free_port() -> int:
         return port
 
 
+def child_env() -> dict[str, str]:
+    """The environment for a child server: ours minus any SSO_GATEWAY overrides
+    (the child's config file must be the whole truth), unbuffered output."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("SSO_GATEWAY")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> None:
+    """SIGTERM to the PID, wait; SIGKILL to its process group if it does not exit
+    (servers are started as session leaders)."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=timeout)
+
+
+def tail(path: Path, size: int = 3000) -> str:
+    """The end of a log file, for error messages."""
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")[-size:]
+    except OSError:
+        return "(no log)"
+
+
 def require_binary(name: str, reason: str) -> str:
     """The path of executable ``name``; otherwise skip the test with ``reason``
     (or fail it when running under CI, where every peer must be installed)."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -40,7 +39,7 @@ import pytest
 import requests
 import yaml
 
-from tests.peers import free_port, require_binary
+from tests.peers import child_env, free_port, require_binary, stop_process, tail
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(sys.executable).parent
@@ -108,40 +107,6 @@ ALICE = LocalUser(
 
 
 # -- processes --------------------------------------------------------------------
-
-
-def _child_env(directory: Path) -> dict[str, str]:
-    """The environment of a child: ours minus any gateway overrides, with gunicorn's
-    control socket ($XDG_RUNTIME_DIR/gunicorn.ctl) inside ``directory`` so parallel
-    gunicorns never share ~/.gunicorn/gunicorn.ctl."""
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("SSO_GATEWAY")}
-    run_dir = directory / "run"
-    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    env["XDG_RUNTIME_DIR"] = str(run_dir)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> None:
-    """SIGTERM to the PID, wait; SIGKILL to its process group if it does not exit."""
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)  # started as a session leader
-        except ProcessLookupError:
-            pass
-        process.wait(timeout=timeout)
-
-
-def _tail(path: Path, size: int = 3000) -> str:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")[-size:]
-    except OSError:
-        return "(no log)"
 
 
 def _read_from(path: Path, offset: int) -> str:
@@ -255,7 +220,7 @@ class GatewayProcess:
 
     def cli(self, *args: str, password: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run ``sso-gateway --config <ours> ARGS`` and return what it did."""
-        env = _child_env(self.directory)
+        env = child_env()
         if password is not None:
             env["SSO_GATEWAY_PASSWORD"] = password
         return subprocess.run(
@@ -279,7 +244,7 @@ class GatewayProcess:
             ]  # fmt: skip
             for key, value in user.attributes.items():
                 args += ["--attr", f"{key}={value}"]
-            env = _child_env(self.directory)
+            env = child_env()
             env["SSO_GATEWAY_PASSWORD"] = user.password
             process = subprocess.Popen(
                 args,
@@ -313,7 +278,7 @@ class GatewayProcess:
             if attempt == attempts or "in use" not in _read_from(self.log_path, offset):
                 raise RuntimeError(
                     f"the gateway did not answer /.sso/healthz on {self.address}:\n"
-                    f"{_tail(self.log_path)}"
+                    f"{tail(self.log_path)}"
                 )
             self.port = free_port()
 
@@ -325,7 +290,7 @@ class GatewayProcess:
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 args,
-                env=_child_env(self.directory),
+                env=child_env(),
                 cwd=self.directory,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -360,7 +325,7 @@ class GatewayProcess:
         return [line for line in self.audit_lines() if line.get("event") == event]
 
     def log_text(self) -> str:
-        return _tail(self.log_path, 20000)
+        return tail(self.log_path, 20000)
 
 
 NGINX_MAIN = """\
@@ -452,8 +417,8 @@ class NginxProcess:
             in_use = "in use" in _read_from(self.error_log, offset)
             if attempt == attempts or not self._own_listen or not in_use:
                 raise RuntimeError(
-                    f"nginx did not listen on {self.port}:\n{_tail(self.error_log)}"
-                    f"\n{_tail(self.directory / 'stderr.log')}"
+                    f"nginx did not listen on {self.port}:\n{tail(self.error_log)}"
+                    f"\n{tail(self.directory / 'stderr.log')}"
                 )
             self.port = free_port()
             self.values["LISTEN"] = f"127.0.0.1:{self.port}"
@@ -489,7 +454,7 @@ class NginxProcess:
         stop_process(process)
 
     def error_log_text(self) -> str:
-        return _tail(self.error_log, 20000)
+        return tail(self.error_log, 20000)
 
     def access_log_lines(self) -> list[str]:
         try:
