@@ -56,6 +56,12 @@ class Session:
     client_ip: str
     record: dict[str, Any]
 
+    @property
+    def login(self) -> dict[str, Any]:
+        """Provider facts stored at login (see :meth:`SessionManager.create`)."""
+        data = self.record.get("login")
+        return data if isinstance(data, dict) else {}
+
     def idle_remaining(self, now: float) -> float:
         return max(0.0, self.last_seen + self.idle - now)
 
@@ -175,8 +181,13 @@ class SessionManager:
         absolute: int,
         client_ip: str,
         now: float,
+        login: dict[str, Any] | None = None,
     ) -> tuple[str, Session]:
-        """A brand-new session (always a new id).  Returns (cookie value, session)."""
+        """A brand-new session (always a new id).  Returns (cookie value, session).
+
+        ``login`` keeps what the identity provider said about this login that
+        logout needs later (OIDC ``sid``/``sub``/ID token, SAML NameID and
+        SessionIndex); it stays server-side."""
         token = secrets.token_urlsafe(32)
         key = session_key(token)
         record: dict[str, Any] = {
@@ -189,6 +200,8 @@ class SessionManager:
             "absolute": absolute,
             "client_ip": client_ip,
         }
+        if login:
+            record["login"] = login
         self.store.put_session(key, record, absolute + EXPIRED_GRACE, identity.subject)
         return self._signer.dumps(token), _to_session(key, record)
 

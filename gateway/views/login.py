@@ -27,6 +27,7 @@ from gateway.views.common import (
     services,
     set_session_cookie,
 )
+from gateway.views.establish import create_session, unavailable_page
 from gateway.views.respond import page, redirect_to
 
 bp = Blueprint("login", __name__)
@@ -130,22 +131,7 @@ def login_submit() -> Response:
             svc.throttle.failed(username, ip)
             raise
         svc.throttle.succeeded(username, ip)
-        policy = svc.policy.current
-        tier = policy.primary_tier(identity, ip, now_dt(svc, now))
-        limits = policy.session_limits(
-            identity, ip, svc.settings.session.idle_timeout, svc.settings.session.absolute_lifetime
-        )
-        old = load_session(svc, request, now)
-        if isinstance(old, Session):
-            svc.sessions.delete(old.key)
-        cookie, session = svc.sessions.create(
-            identity,
-            tier=tier.name if tier is not None else None,
-            idle=limits.idle,
-            absolute=limits.absolute,
-            client_ip=ip,
-            now=now,
-        )
+        cookie, session = create_session(svc, request, identity, now)
     except Throttled as exc:
         svc.audit.emit(
             "login_failed", user=username[:64], provider="local", reason=exc.reason, client_ip=ip
@@ -163,26 +149,7 @@ def login_submit() -> Response:
         )
         return _form(svc, rd=rd, status=401, username=username, error=GENERIC_FAILURE)
     except StoreUnavailable as exc:
-        svc.audit.emit("store_unavailable", where="/.sso/login", detail=str(exc))
-        return page(
-            "error.html",
-            503,
-            site_name=svc.settings.site_name,
-            title="Temporarily unavailable",
-            message="Sign-in is unavailable right now. Try again in a moment.",
-        )
-    svc.audit.emit(
-        "login",
-        user=identity.subject,
-        provider=identity.provider,
-        tier=session.tier,
-        groups=identity.groups,
-        session=session.short_id,
-        client_ip=ip,
-        idle=session.idle,
-        absolute=session.absolute,
-        limits=limits.reasons,
-    )
+        return unavailable_page(svc, "/.sso/login", exc)
     resp: Response = redirect_to(rd or svc.settings.redirects.default, code=303)
     set_session_cookie(svc, resp, cookie, session.absolute)
     return resp
