@@ -7,7 +7,7 @@ from typing import Any
 from flask import Flask
 from flask.sessions import NullSession, SessionInterface
 
-from gateway.views import forward_auth, info, login
+from gateway.views import info, login, start
 
 
 class NoFlaskSession(SessionInterface):
@@ -23,6 +23,6 @@ class NoFlaskSession(SessionInterface):
 
 def register(app: Flask) -> None:
     app.session_interface = NoFlaskSession()
-    app.register_blueprint(forward_auth.bp)
+    app.register_blueprint(start.bp)
     app.register_blueprint(login.bp)
     app.register_blueprint(info.bp)

@@ -1,5 +1,5 @@
-"""Forward-auth: ``/.sso/auth`` (asked by nginx ``auth_request``, ingress-nginx
-``auth-url`` or Traefik ForwardAuth on every request) and ``/.sso/start``.
+"""Forward-auth: ``/.sso/auth``, asked by nginx ``auth_request``, ingress-nginx
+``auth-url`` or Traefik ForwardAuth on every request.
 
 ``/.sso/auth`` runs before every request of every dashboard, so it is served by
 :class:`ForwardAuthApp`, a plain WSGI callable placed in front of Flask: same
@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import urlencode
 
-from flask import Blueprint, Response, request
 from werkzeug.wrappers import Request
 
 from gateway.core.errors import AmbiguousPath, StoreUnavailable
@@ -21,27 +19,21 @@ from gateway.core.model import Decision, Outcome
 from gateway.services import Services
 from gateway.sessions.manager import Session
 from gateway.views.common import (
-    checked_redirect,
     client_ip,
     load_session,
     now_dt,
     original_request,
-    services,
     untrusted_forward_headers,
 )
 from gateway.views.respond import (
     Answer,
-    bad_request,
     forward_auth_answer,
-    redirect_to,
     unavailable_answer,
 )
 
 log = logging.getLogger(__name__)
 
 AUTH_PATH = "/.sso/auth"
-
-bp = Blueprint("forward_auth", __name__)
 
 
 def check(svc: Services, req: Request) -> Answer:
@@ -112,16 +104,3 @@ class ForwardAuthApp:
             self.svc.audit.emit("error", where=AUTH_PATH, reason="internal error; failed closed")
             answer = unavailable_answer()
         return answer(environ, start_response)
-
-
-@bp.route("/.sso/start", methods=["GET"])
-def start() -> Response:
-    """Begin a login with the default provider, then come back to ``rd``."""
-    svc = services()
-    target = checked_redirect(svc, request, request.args.get("rd", ""))
-    if target is None:
-        return bad_request("the redirect target is not allowed")
-    query = {"rd": target} if target else {}
-    # a fresh login is always possible from here; the login view decides whether
-    # an existing session already suffices
-    return redirect_to("/.sso/login" + ("?" + urlencode(query) if query else ""), code=302)

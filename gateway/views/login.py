@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from flask import Blueprint, Response, request
 
 from gateway.core.errors import (
-    AmbiguousPath,
     AuthenticationFailed,
     StoreUnavailable,
     Throttled,
 )
-from gateway.core.model import Outcome, RequestInfo
-from gateway.core.paths import normalise_path
 from gateway.services import Services
 from gateway.sessions.manager import Session
 from gateway.views import csrf
@@ -22,31 +17,16 @@ from gateway.views.common import (
     clear_session_cookie,
     client_ip,
     load_session,
-    now_dt,
-    request_host,
     services,
     set_session_cookie,
 )
 from gateway.views.establish import create_session, unavailable_page
 from gateway.views.respond import page, redirect_to
+from gateway.views.start import needs_fresh_login
 
 bp = Blueprint("login", __name__)
 
 GENERIC_FAILURE = "Sign-in failed. Check your user name and password."
-
-
-def _needs_fresh_login(svc: Services, session: Session, rd: str, now: float) -> bool:
-    """Would the existing session be sent back to log in for ``rd``?  Then show
-    the form instead of redirecting (that redirect would loop)."""
-    parts = urlsplit(rd or svc.settings.redirects.default)
-    host = (parts.netloc or request_host(request)).lower()
-    try:
-        path = normalise_path(parts.path or "/")
-    except AmbiguousPath:
-        return False
-    info = RequestInfo(host=host, path=path, method="GET", client_ip=client_ip(svc, request))
-    decision = svc.policy.current.evaluate(session.identity, info, now_dt(svc, now))
-    return decision.outcome is Outcome.LOGIN
 
 
 def _form(
@@ -89,7 +69,11 @@ def login_form() -> Response:
             message="Sign-in is unavailable right now. Try again in a moment.",
         )
     forced = request.args.get("prompt") == "login"  # sign in again / as someone else
-    if isinstance(loaded, Session) and not forced and not _needs_fresh_login(svc, loaded, rd, now):
+    if (
+        isinstance(loaded, Session)
+        and not forced
+        and not needs_fresh_login(svc, request, loaded, rd, now)
+    ):
         return redirect_to(rd or svc.settings.redirects.default, code=303)
     return _form(svc, rd=rd)
 
