@@ -21,6 +21,7 @@ from gateway.views.common import (
     set_session_cookie,
 )
 from gateway.views.establish import create_session, unavailable_page
+from gateway.views.idp_logout import idp_logout
 from gateway.views.respond import page, redirect_to
 from gateway.views.start import needs_fresh_login
 
@@ -183,10 +184,12 @@ def logout() -> Response:
             message="The sign-out form expired or did not come from this gateway. "
             "Open /.sso/logout and press the button again.",
         )
+    onward: Response | None = None
     try:
         loaded = load_session(svc, request, now)
         if isinstance(loaded, Session):
             svc.sessions.delete(loaded.key)
+            onward = idp_logout(svc, request, loaded, rd or "")
             if svc.signer is not None:
                 svc.signer.forget(loaded.key)
             svc.audit.emit(
@@ -207,7 +210,9 @@ def logout() -> Response:
         )
         clear_session_cookie(svc, resp)
         return resp
-    if rd:
+    if onward is not None:
+        resp = onward
+    elif rd:
         resp = redirect_to(rd, code=303)
     else:
         resp = page("logged_out.html", 200, site_name=svc.settings.site_name)
