@@ -3,15 +3,18 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# the real OpenID provider the OIDC tests log in against (npm oidc-provider)
+OP_DIR     := tests/oidc_op
+NODE_STAMP := $(OP_DIR)/node_modules/.installed
 # Debian packages the tests and benchmarks talk to (real peers, never mocks)
-SYSTEM_PACKAGES := redis-server nginx-light chromium wrk
+SYSTEM_PACKAGES := redis-server nginx-light chromium wrk nodejs npm
 
 .PHONY: demo test lint typecheck layers unit bench sysdeps venv clean
 
 demo: $(STAMP)
 	$(BIN)/sso-gateway demo
 
-test: sysdeps $(STAMP) lint typecheck layers unit
+test: sysdeps $(STAMP) $(NODE_STAMP) lint typecheck layers unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway tests bench
@@ -36,10 +39,17 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# npm packages of the test OpenID provider, exactly as locked; skipped (and the
+# OIDC tests with it) where npm is missing
+$(NODE_STAMP): $(OP_DIR)/package.json $(OP_DIR)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix $(OP_DIR) --no-audit --no-fund --loglevel=error && touch $(NODE_STAMP); \
+	else echo "warning: npm not found: the OpenID Connect tests will be skipped" >&2; fi
+
 # Installs the real peers when run as root on Debian/Ubuntu; otherwise says what is
 # missing (their tests are then skipped with the reason, or fail under CI=true).
 sysdeps:
 	@sh scripts/install-system-packages.sh $(SYSTEM_PACKAGES)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache $(OP_DIR)/node_modules

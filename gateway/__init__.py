@@ -74,6 +74,20 @@ def create_app(
             run=Offloader(limit=2),  # argon2 off the event loop, two at a time
         )
 
+    oidc = None
+    group_resolvers: dict[str, Any] = {}
+    if settings.providers.oidc is not None:
+        from gateway.providers.groups import GraphGroupResolver
+        from gateway.providers.oidc import OidcClient
+
+        oidc = OidcClient(settings.providers.oidc, resolve_path=settings.resolve_path, clock=clock)
+        if settings.providers.oidc.group_overage == "graph":
+            group_resolvers["graph"] = GraphGroupResolver(
+                settings.providers.oidc.graph,
+                oidc.client_credentials_token,
+                verify=oidc.tls_verify,
+            )
+
     signer = None
     if settings.jwt.enabled:
         signer = AssertionSigner(
@@ -123,6 +137,8 @@ def create_app(
         identity_header_names=frozenset(n.lower() for n in settings.headers.all_names()),
         audit_limiter=AuditLimiter(interval=60.0),
         header_cache=IdentityHeaderCache(settings.headers),
+        oidc=oidc,
+        group_resolvers=group_resolvers,
     )
 
     app = Flask(__name__, template_folder="templates", static_folder=None)

@@ -4,14 +4,16 @@ the views through :func:`current`.  Nothing here builds anything."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.assertion import AssertionSigner
 from gateway.audit import AuditLimiter, AuditLog
 from gateway.core.network import TrustedProxies
 from gateway.identity_headers import IdentityHeaderCache
 from gateway.policy_holder import PolicyHolder
+from gateway.providers.groups import GroupResolver
 from gateway.providers.local import LocalUsersProvider
+from gateway.providers.oidc import OidcClient
 from gateway.sessions.manager import SessionManager
 from gateway.sessions.store import SessionStore
 from gateway.settings import Settings
@@ -39,3 +41,8 @@ class Services:
     audit_limiter: AuditLimiter
     # identity headers per (session, tier, JWT), rebuilt when the JWT is renewed
     header_cache: IdentityHeaderCache
+    # OpenID Connect (Entra ID), when configured
+    oidc: OidcClient | None = None
+    # group sources for identities whose login did not carry their groups
+    # ("graph", "directory"), by name
+    group_resolvers: dict[str, GroupResolver] = field(default_factory=dict)

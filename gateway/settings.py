@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from gateway.core.errors import ConfigError, Problem, key_path
 from gateway.core.network import parse_networks
+from gateway.settings_oidc import OidcSettings
 
 ENV_PREFIX = "SSO_GATEWAY__"
 CONFIG_ENV = "SSO_GATEWAY_CONFIG"
@@ -124,8 +125,9 @@ class LocalProviderSettings(_Model):
 
 
 class ProviderSettings(_Model):
-    default: Literal["local"] = "local"
+    default: Literal["local", "oidc"] = "local"
     local: LocalProviderSettings = LocalProviderSettings()
+    oidc: OidcSettings | None = None
 
 
 class LoginSettings(_Model):
@@ -376,6 +378,11 @@ def _cross_checks(settings: Settings) -> list[Problem]:
         )
     if settings.cookie.domain is not None and not settings.cookie.domain.strip("."):
         problems.append(Problem(src, "cookie.domain", "must name a domain"))
+    default = settings.providers.default
+    if default != "local" and getattr(settings.providers, default) is None:
+        problems.append(
+            Problem(src, f"providers.{default}", f"required when providers.default is {default!r}")
+        )
     if settings.redirects.default and not settings.redirects.default.startswith("/"):
         problems.append(Problem(src, "redirects.default", "must be a path starting with '/'"))
     return problems

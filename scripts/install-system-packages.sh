@@ -10,6 +10,7 @@ for pkg in "$@"; do
     nginx-light|nginx) cmd=nginx ;;
     chromium) cmd=chromium ;;
     wrk) cmd=wrk ;;
+    nodejs) cmd=node ;;
     *) cmd="$pkg" ;;
   esac
   if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ]; then

@@ -5,6 +5,8 @@ GatewayError
  +-- AmbiguousPath          a request path that could be read two ways; refused, not guessed
  +-- UnsafeRedirect         a redirect target that is neither same-site nor allow-listed
  +-- StoreUnavailable       the session store cannot be reached; callers fail closed (503)
+ +-- ProviderUnavailable    an identity provider (or Microsoft Graph) cannot be reached or
+ |                          answered something unusable; the login fails closed (503)
  +-- AuthenticationFailed   a login attempt failed; ``reason`` is for the audit log only
       +-- Throttled         too many failed attempts for this user or client address
 """
@@ -58,6 +60,11 @@ class UnsafeRedirect(GatewayError):
 
 class StoreUnavailable(GatewayError):
     """The session store could not be reached or answered garbage."""
+
+
+class ProviderUnavailable(GatewayError):
+    """An identity provider or a group source could not be reached or answered
+    something unusable (not a refusal of the person: that is AuthenticationFailed)."""
 
 
 class AuthenticationFailed(GatewayError):

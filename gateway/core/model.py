@@ -34,6 +34,7 @@ class Identity:
     auth_time: float = 0.0
     mfa: bool = False
     amr: tuple[str, ...] = ()
+    acrs: tuple[str, ...] = ()  # Entra ID authentication contexts satisfied (c1, c2 ...)
     attributes: Mapping[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -47,6 +48,7 @@ class Identity:
             "auth_time": self.auth_time,
             "mfa": self.mfa,
             "amr": list(self.amr),
+            "acrs": list(self.acrs),
             "attributes": dict(self.attributes),
         }
 
@@ -63,6 +65,7 @@ class Identity:
             auth_time=float(data.get("auth_time", 0.0)),
             mfa=bool(data.get("mfa", False)),
             amr=tuple(str(a) for a in data.get("amr", ())),
+            acrs=tuple(str(a) for a in data.get("acrs", ())),
             attributes={str(k): str(v) for k, v in dict(attrs).items()},
         )
 

@@ -15,4 +15,8 @@ def idp_logout(svc: Services, req: Request, session: Session, rd: str) -> Respon
     """A redirect that continues the logout at the identity provider (and comes
     back to ``rd``, already checked, or the logged-out page), or None when the
     provider has nothing to end."""
+    if session.identity.provider == "oidc":
+        from gateway.views.oidc import end_session
+
+        return end_session(svc, req, session)
     return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from flask import Blueprint, Response, request
 
 from gateway.core.errors import (
@@ -41,7 +43,18 @@ def _form(
         rd=rd,
         error=error,
         username=username,
+        password_form=svc.local_users is not None,
+        sso_links=_sso_links(svc, rd),
     )
+
+
+def _sso_links(svc: Services, rd: str) -> list[tuple[str, str]]:
+    """(label, URL) of every single sign-on provider a person may choose."""
+    links = []
+    if svc.oidc is not None:
+        query = {"provider": "oidc", **({"rd": rd} if rd else {})}
+        links.append((svc.oidc.settings.display_name, "/.sso/start?" + urlencode(query)))
+    return links
 
 
 @bp.route("/.sso/login", methods=["GET"])

@@ -40,6 +40,8 @@ def configured_providers(svc: Services) -> tuple[str, ...]:
     names = [svc.settings.providers.default]
     if svc.local_users is not None and "local" not in names:
         names.append("local")
+    if svc.oidc is not None and "oidc" not in names:
+        names.append("oidc")
     return tuple(names)
 
 
@@ -59,6 +61,10 @@ def needs_fresh_login(svc: Services, req: Request, session: Session, rd: str, no
 
 def begin_login(svc: Services, req: Request, provider: str, rd: str, *, fresh: bool) -> Response:
     """Send the browser to ``provider``'s login; ``rd`` is already checked."""
+    if provider == "oidc":
+        from gateway.views import oidc
+
+        return oidc.begin(svc, req, rd, fresh=fresh)
     query = {"rd": rd} if rd else {}
     if fresh:
         query["prompt"] = "login"
