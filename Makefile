@@ -28,8 +28,9 @@ layers: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest
 
-bench: sysdeps $(STAMP)
+bench: sysdeps $(STAMP) $(NODE_STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/oidc.py
 
 venv: $(STAMP)
 

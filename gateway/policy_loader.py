@@ -165,6 +165,8 @@ class WindowModel(_Model):
 class ConditionsModel(_Model):
     networks: list[Cidr] | None = Field(default=None, min_length=1)
     mfa: bool = False
+    amr: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(default_factory=list)
+    acrs: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(default_factory=list)
     valid_until: datetime | date | None = None
     windows: list[WindowModel] = Field(default_factory=list)
     max_auth_age: Seconds | None = None
@@ -382,6 +384,8 @@ def _conditions(model: ConditionsModel, tz: tzinfo) -> Conditions:
         valid_until=deadline(model.valid_until, tz) if model.valid_until is not None else None,
         windows=tuple(Window.parse(w.days, w.start, w.end) for w in model.windows),
         max_auth_age=model.max_auth_age,
+        amr=tuple(model.amr),
+        acrs=tuple(model.acrs),
     )
 
 
@@ -396,8 +400,9 @@ def _route_shape(rm: RouteModel) -> list[tuple[str, str]]:
         out.append(("allow", "list the tiers that may pass (or '*' for any tier), or set public"))
     if "*" in rm.allow and len(rm.allow) > 1:
         out.append(("allow", "'*' must stand alone"))
-    if rm.public and (rm.conditions.mfa or rm.conditions.max_auth_age is not None):
-        out.append(("conditions", "a public route cannot require mfa or max_auth_age"))
+    c = rm.conditions
+    if rm.public and (c.mfa or c.max_auth_age is not None or c.amr or c.acrs):
+        out.append(("conditions", "a public route cannot require mfa, amr, acrs or max_auth_age"))
     return out
 
 

@@ -54,6 +54,8 @@ from gateway.core.model import Decision, Identity, Outcome, RequestInfo
 from gateway.core.network import Networks, ip_in
 
 __all__ = [
+    "ACRS",
+    "AMR",
     "AUTH_AGE",
     "AUTH_IN_FUTURE",
     "EXPIRED",
@@ -76,6 +78,8 @@ __all__ = [
 # Condition failure codes, as they appear in reasons.
 OUTSIDE_NETWORK = "outside-network"
 MFA = "mfa"
+AMR = "amr"
+ACRS = "acrs"
 EXPIRED = "expired"
 OUTSIDE_WINDOW = "outside-window"
 AUTH_AGE = "max-auth-age"
@@ -230,6 +234,10 @@ class Conditions:
     valid_until: datetime | None = None
     windows: tuple[Window, ...] = ()
     max_auth_age: int | None = None
+    # authentication methods (OIDC amr, e.g. "mfa", "hwk") and Entra ID
+    # authentication contexts (acrs, e.g. "c1") the login must carry, every one
+    amr: tuple[str, ...] = ()
+    acrs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.networks is not None and not self.networks:
@@ -241,7 +249,7 @@ class Conditions:
 
     @property
     def needs_identity(self) -> bool:
-        return self.mfa or self.max_auth_age is not None
+        return self.mfa or self.max_auth_age is not None or bool(self.amr or self.acrs)
 
     def failures(
         self, identity: Identity | None, client_ip: str, now: datetime, tz: tzinfo
@@ -252,6 +260,10 @@ class Conditions:
             failed.append(OUTSIDE_NETWORK)
         if self.mfa and (identity is None or not identity.mfa):
             failed.append(MFA)
+        if self.amr and (identity is None or not set(self.amr) <= set(identity.amr)):
+            failed.append(AMR)
+        if self.acrs and (identity is None or not set(self.acrs) <= set(identity.acrs)):
+            failed.append(ACRS)
         if self.valid_until is not None and now > self.valid_until:
             failed.append(EXPIRED)
         if self.windows:
@@ -445,7 +457,7 @@ class Route:
         if "*" in self.allow and self.allow != ("*",):
             raise ValueError("'*' in allow must stand alone")
         if self.public and self.conditions.needs_identity:
-            raise ValueError("a public route cannot require mfa or max_auth_age")
+            raise ValueError("a public route cannot require mfa, amr, acrs or max_auth_age")
         methods = tuple(m.upper() for m in self.methods)
         for method in methods:
             if not _METHOD.fullmatch(method):

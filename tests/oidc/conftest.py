@@ -13,12 +13,18 @@ import html
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
 import pytest
 import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+from joserfc.jwk import RSAKey
 
 from tests.integration.conftest import GatewayProcess
 from tests.oidc_peer import (
@@ -87,7 +93,7 @@ def _account(login: str, tid: str = TENANT, **claims: Any) -> Account:
     return Account(login=login, password=f"{login}-pw-4711", claims={**base, **claims}, amr=amr)
 
 
-SLOTS = 4
+SLOTS = 5
 OVERAGE_OID = "11111111-2222-4333-8444-555555555555"
 ACCOUNTS = {
     a.login: a
@@ -123,6 +129,8 @@ class OidcSite:
     # the module-wide gateway, the others are for gateways with other settings
     gateway_ports: list[int]
     directory: Path
+    client_key: Path  # private_key_jwt: the gateway's key and certificate
+    client_certificate: Path
 
     @property
     def gateway_base(self) -> str:
@@ -159,9 +167,40 @@ class OidcSite:
         return gw
 
 
+def _client_certificate(directory: Path) -> tuple[Path, Path, dict[str, Any]]:
+    """The gateway's key pair for private_key_jwt: PEM key, self-signed
+    certificate (what an Entra app registration holds) and the public JWK."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "intercom-sso-gateway test")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    key_path, cert_path = directory / "client.key", directory / "client.crt"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    public = RSAKey.import_key(key.public_key()).as_dict(private=False)
+    return key_path, cert_path, {"keys": [{**public, "use": "sig", "alg": "RS256"}]}
+
+
 @pytest.fixture(scope="session")
 def oidc_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcSite]:
     directory = tmp_path_factory.mktemp("oidc")
+    key_path, cert_path, client_jwks = _client_certificate(directory / "client")
     ports = [free_port() for _ in range(SLOTS)]
     bases = [f"http://localhost:{port}" for port in ports]
     port = ports[0]
@@ -172,12 +211,13 @@ def oidc_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcSite]:
         post_logout_uris=[f"{base}/.sso/logout" for base in bases],
         # server to server: 127.0.0.1 (node would try localhost's ::1 first)
         backchannel_uri=f"http://127.0.0.1:{port}/.sso/oidc/backchannel-logout",
+        jwt_client_jwks=client_jwks,
     )
     provider.start()
     graph = GraphServer(provider, GRAPH_GROUPS, page=20)
     graph.start()
     try:
-        yield OidcSite(provider, graph, ports, directory)
+        yield OidcSite(provider, graph, ports, directory, key_path, cert_path)
     finally:
         graph.stop()
         provider.stop()

@@ -9,7 +9,8 @@ import pytest
 
 from tests.integration.conftest import GatewayProcess
 from tests.oidc.conftest import G_CONTRACTORS, G_OTHER, OVERAGE_OID, Browser, OidcSite
-from tests.oidc_peer import TENANT
+from tests.oidc_peer import JWT_CLIENT, TENANT
+from tests.peers import RedisServer
 
 
 def _wait_for(predicate: object, timeout: float = 5.0) -> bool:
@@ -208,12 +209,61 @@ def test_unconfigured_provider_is_refused(gateway: GatewayProcess, browser: Brow
 
 def test_callback_when_provider_is_down(oidc_site: OidcSite) -> None:
     """Discovery unreachable: the login fails closed with 503 and an audit line."""
-    gw = oidc_site.gateway("gw-down", slot=3, discovery_url="http://127.0.0.1:9/nothing")
+    gw = oidc_site.gateway("gw-down", slot=2, discovery_url="http://127.0.0.1:9/nothing")
     gw.start()
     try:
-        browser = Browser(oidc_site, slot=3)
+        browser = Browser(oidc_site, slot=2)
         resp = browser.start_login("/")
         assert resp.status_code == 503
         assert gw.audit_events("idp_unavailable")[-1]["detail"].startswith("discovery")
+    finally:
+        gw.stop()
+
+
+def test_certificate_credentials_and_userinfo(oidc_site: OidcSite) -> None:
+    """private_key_jwt (Entra's certificate credentials) for the code exchange and
+    the Graph token, and the userinfo endpoint read after the ID token."""
+    gw = oidc_site.gateway(
+        "gw-certificate",
+        slot=3,
+        client_id=JWT_CLIENT,
+        client_secret=None,
+        client_auth="private_key_jwt",
+        private_key_file=str(oidc_site.client_key),
+        certificate_file=str(oidc_site.client_certificate),
+        userinfo=True,
+    )
+    gw.start()
+    try:
+        browser = Browser(oidc_site, slot=3)
+        browser.login("olga")  # overage: Graph through a private_key_jwt app token too
+        info = browser.userinfo().json()
+        assert info["tier"] == "admin"
+        assert gw.audit_events("login")[-1]["groups_from"] == "graph"
+    finally:
+        gw.stop()
+
+
+def test_store_down_during_the_callback_fails_closed(
+    oidc_site: OidcSite, redis_server: RedisServer, redis_url: str
+) -> None:
+    """Redis (login state and sessions) stops between the start and the callback:
+    503 with an audit line, no session; once it is back, logins work again."""
+    gw = oidc_site.gateway("gw-redis", slot=4)
+    gw.config["session"] = {"store": "redis", "redis_url": redis_url, "redis_socket_timeout": 0.5}
+    gw.start()
+    try:
+        browser = Browser(oidc_site, slot=4)
+        form = browser.start_login("/")
+        redis_server.stop()
+        try:
+            final = browser.submit_login(form, "alice", "alice-pw-4711")
+            assert final.status_code == 503
+            assert gw.audit_events("store_unavailable")[-1]["where"] == "/.sso/oidc/callback"
+        finally:
+            redis_server.start()
+        # the state went with the old Redis: the login starts over and succeeds
+        browser.login("alice")
+        assert browser.userinfo().json()["tier"] == "operator"
     finally:
         gw.stop()

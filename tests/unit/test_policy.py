@@ -575,3 +575,18 @@ def test_format_explanation() -> None:
     assert "identity: none" in anon and "LOGIN" in anon
     stale = person("UC-Admins", age=99999)
     assert "step-up" in format_explanation(POLICY.evaluate(stale, request, NOW), stale, request)
+
+
+def test_amr_and_acrs_conditions() -> None:
+    """OIDC facts: every listed authentication method / context must be present."""
+    conditions = Conditions(amr=("mfa", "hwk"), acrs=("c1",))
+    base = Identity("p", "oidc", amr=("pwd", "mfa", "hwk"), acrs=("c1", "c2"))
+    assert conditions.failures(base, "", NOW, BERLIN) == ()
+    no_key = Identity("p", "oidc", amr=("pwd", "mfa"), acrs=("c1",))
+    assert conditions.failures(no_key, "", NOW, BERLIN) == ("amr",)
+    no_context = Identity("p", "oidc", amr=("mfa", "hwk"))
+    assert conditions.failures(no_context, "", NOW, BERLIN) == ("acrs",)
+    assert conditions.failures(None, "", NOW, BERLIN) == ("amr", "acrs")
+    assert conditions.needs_identity
+    with pytest.raises(ValueError, match="public route cannot require"):
+        Route("x", (), public=True, conditions=Conditions(acrs=("c1",)))

@@ -648,3 +648,29 @@ def test_env_overrides_of_list_and_mapping_settings() -> None:
     assert settings.redirects.allowed_domains == (".example.com",)
     assert settings.headers.extra == {"X-Auth-Request-Room": ("room",)}
     assert settings.site_name == "[not a list]"
+
+
+def test_oidc_provider_needs_its_section(tmp_path: Path) -> None:
+    found = by_key(problems(write_config(tmp_path, "providers: {default: oidc}\n")))
+    assert found == {"providers.oidc": "required when providers.default is 'oidc'"}
+
+
+def test_oidc_secret_from_the_environment(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        """\
+providers:
+  default: oidc
+  oidc:
+    issuer: https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0
+    client_id: 3f1c2b9e-0d7a-4c55-9e0e-5b8d1c2a7e10
+    client_secret: {env: ENTRA_SECRET}
+    group_names: {6F0B2F4E-1C2D-4E5F-8A9B-0C1D2E3F4A5B: Intercom-Admins}
+""",
+    )
+    settings = load_settings(path, {"ENTRA_SECRET": "s3cret"})
+    oidc = settings.providers.oidc
+    assert oidc is not None and oidc.client_secret is not None
+    assert oidc.client_secret.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(settings)
+    assert oidc.group_names == {"6f0b2f4e-1c2d-4e5f-8a9b-0c1d2e3f4a5b": "Intercom-Admins"}
