@@ -128,6 +128,7 @@ def create_app(
             max_user_failures=settings.login.max_user_failures,
             max_client_failures=settings.login.max_client_failures,
             window=settings.login.failure_window,
+            max_starts_per_minute=settings.login.max_starts_per_minute,
         ),
         trusted_proxies=TrustedProxies(parse_networks(list(settings.network.trusted_proxies))),
         clock=clock,

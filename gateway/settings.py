@@ -134,6 +134,8 @@ class LoginSettings(_Model):
     max_user_failures: int = Field(default=5, ge=1)
     max_client_failures: int = Field(default=20, ge=1)
     failure_window: int = Field(default=900, ge=1)
+    # logins started at an identity provider per client address and minute
+    max_starts_per_minute: int = Field(default=120, ge=1)
 
 
 class AuditSettings(_Model):

@@ -26,6 +26,8 @@ __all__ = ["LoginThrottle", "client_key", "user_key"]
 
 USER_PREFIX = "throttle:user:"
 CLIENT_PREFIX = "throttle:ip:"
+START_PREFIX = "throttle:start:"
+START_WINDOW = 60.0
 
 
 def user_key(username: str) -> str:
@@ -47,6 +49,7 @@ class LoginThrottle:
         max_user_failures: int = 5,
         max_client_failures: int = 20,
         window: float = 900,
+        max_starts_per_minute: int = 120,
     ) -> None:
         if isinstance(max_user_failures, bool) or max_user_failures < 1:
             raise ValueError("max_user_failures must be at least 1")
@@ -58,6 +61,21 @@ class LoginThrottle:
         self.max_user_failures = max_user_failures
         self.max_client_failures = max_client_failures
         self.window = float(window)
+        self.max_starts_per_minute = max_starts_per_minute
+
+    def started(self, client_ip: str) -> None:
+        """Count one login started at an identity provider (each keeps login
+        state in the store until it completes or expires), or raise Throttled:
+        one address cannot fill the store with abandoned logins."""
+        key = START_PREFIX + client_ip
+        try:
+            value = self._store.incr(key, START_WINDOW)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            raise StoreUnavailable(f"throttle counter update failed: {exc}") from exc
+        if _as_count(value) > self.max_starts_per_minute:
+            raise Throttled("throttled-starts")
 
     def begin(self, username: str, client_ip: str) -> None:
         """Admit one login attempt, or raise Throttled.

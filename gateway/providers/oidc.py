@@ -407,7 +407,10 @@ class OidcClient:
         if not isinstance(claims.get("sub"), str) or not claims["sub"]:
             raise OidcFailed("id-token-no-sub")
         if fresh_since is not None:
-            auth_time = claims.get("auth_time")
+            # a step-up login: the person must have signed in after it began.
+            # Entra's v2 tokens may lack auth_time; then iat (issued after the
+            # prompt=login we sent) stands in for it
+            auth_time = claims.get("auth_time", claims.get("iat"))
             if not _number(auth_time) or auth_time < fresh_since - self.settings.leeway:
                 raise OidcFailed("id-token-not-fresh")
         return claims

@@ -16,7 +16,7 @@ from urllib.parse import urlencode, urlsplit
 from flask import Blueprint, Response, request
 from werkzeug.wrappers import Request
 
-from gateway.core.errors import AmbiguousPath, StoreUnavailable
+from gateway.core.errors import AmbiguousPath, StoreUnavailable, Throttled
 from gateway.core.model import Outcome, RequestInfo
 from gateway.core.paths import normalise_path
 from gateway.services import Services
@@ -30,7 +30,7 @@ from gateway.views.common import (
     services,
 )
 from gateway.views.establish import unavailable_page
-from gateway.views.respond import bad_request, redirect_to
+from gateway.views.respond import bad_request, page, redirect_to
 
 bp = Blueprint("start", __name__)
 
@@ -98,4 +98,23 @@ def start() -> Response:
             target=target[:200],
             client_ip=client_ip(svc, request),
         )
+    if provider != "local":
+        try:
+            svc.throttle.started(client_ip(svc, request))
+        except Throttled as exc:
+            svc.audit.emit(
+                "login_failed",
+                provider=provider,
+                reason=exc.reason,
+                client_ip=client_ip(svc, request),
+            )
+            return page(
+                "error.html",
+                429,
+                site_name=svc.settings.site_name,
+                title="Too many sign-in attempts",
+                message="Too many sign-ins were started from your address. Wait a minute.",
+            )
+        except StoreUnavailable as exc:
+            return unavailable_page(svc, "/.sso/start", exc)
     return begin_login(svc, request, provider, target, fresh=fresh)

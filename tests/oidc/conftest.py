@@ -153,6 +153,7 @@ class OidcSite:
         return {
             "providers": {"default": "oidc", "oidc": options},
             "redirects": {"default": "/.sso/userinfo"},
+            "login": {"max_starts_per_minute": 10_000},  # every test logs in from 127.0.0.1
         }
 
     def gateway(self, name: str, slot: int = 0, **oidc: Any) -> GatewayProcess:

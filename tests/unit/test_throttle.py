@@ -203,3 +203,13 @@ def test_begin_counts_concurrent_attempts_atomically() -> None:
     for t in threads:
         t.join()
     assert len(admitted) == 5
+
+
+def test_started_logins_are_limited_per_address() -> None:
+    throttle = LoginThrottle(MemoryStore(), max_starts_per_minute=3)
+    for _ in range(3):
+        throttle.started("10.0.0.1")
+    with pytest.raises(Throttled) as info:
+        throttle.started("10.0.0.1")
+    assert info.value.reason == "throttled-starts"
+    throttle.started("10.0.0.2")  # another address has its own count
