@@ -88,6 +88,13 @@ def create_app(
                 verify=oidc.tls_verify,
             )
 
+    metrics = None
+    if settings.metrics.enabled:
+        from gateway.metrics import Metrics
+
+        metrics = Metrics(active_sessions=lambda: sum(1 for _ in store.iter_sessions()))
+        audit.add_listener(metrics.on_audit)
+
     signer = None
     if settings.jwt.enabled:
         signer = AssertionSigner(
@@ -140,6 +147,8 @@ def create_app(
         header_cache=IdentityHeaderCache(settings.headers),
         oidc=oidc,
         group_resolvers=group_resolvers,
+        metrics=metrics,
+        metrics_networks=parse_networks(list(settings.metrics.allowed_networks)),
     )
 
     app = Flask(__name__, template_folder="templates", static_folder=None)

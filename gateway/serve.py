@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import gc
+import os
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
 from gateway.settings import Settings
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class GatewayServer(BaseApplication):  # type: ignore[misc]
@@ -51,6 +55,7 @@ def gunicorn_options(
         "loglevel": "info",
         "proc_name": "sso-gateway",
         "post_worker_init": _freeze_startup_objects,
+        "child_exit": _worker_exited,
         # one control socket per gateway (gunicornc), not one per user account
         "control_socket": str(settings.resolve_path(settings.data_dir) / "gunicorn.ctl"),
     }
@@ -62,6 +67,23 @@ def _freeze_startup_objects(worker: Any) -> None:
     objects, which keeps their pauses out of the latency tail."""
     gc.collect()
     gc.freeze()
+
+
+def prepare_metrics_dir(path: Path) -> None:
+    """Create and empty the folder prometheus-client's multiprocess mode keeps
+    its samples in, and name it in the environment - here, in the arbiter,
+    before any worker forks and imports prometheus-client (which reads the
+    variable once, on import: this module must not import it)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for old in path.glob("*.db"):
+        old.unlink(missing_ok=True)
+    os.environ[MULTIPROC_ENV] = str(path)
+
+
+def _worker_exited(server: Any, worker: Any) -> None:
+    from gateway.metrics import mark_worker_dead
+
+    mark_worker_dead(worker.pid)
 
 
 def _bind(host: str, port: int) -> str:
@@ -77,4 +99,6 @@ def run(
     bind: str | None = None,
     workers: int | None = None,
 ) -> None:
+    if settings.metrics.enabled:
+        prepare_metrics_dir(settings.resolve_path(settings.data_dir) / "metrics")
     GatewayServer(settings, gunicorn_options(settings, bind=bind, workers=workers)).run()

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 
 from gateway.assertion import AssertionSigner
 from gateway.audit import AuditLimiter, AuditLog
-from gateway.core.network import TrustedProxies
+from gateway.core.network import Networks, TrustedProxies
 from gateway.identity_headers import IdentityHeaderCache
+from gateway.metrics import Metrics
 from gateway.policy_holder import PolicyHolder
 from gateway.providers.groups import GroupResolver
 from gateway.providers.local import LocalUsersProvider
@@ -46,3 +47,6 @@ class Services:
     # group sources for identities whose login did not carry their groups
     # ("graph", "directory"), by name
     group_resolvers: dict[str, GroupResolver] = field(default_factory=dict)
+    # Prometheus metrics (/.sso/metrics), unless metrics.enabled is off
+    metrics: Metrics | None = None
+    metrics_networks: Networks = ()

@@ -138,6 +138,27 @@ class LoginSettings(_Model):
     max_starts_per_minute: int = Field(default=120, ge=1)
 
 
+class MetricsSettings(_Model):
+    enabled: bool = True
+    # /.sso/metrics answers only direct requests (no proxy headers) from these
+    # networks, and, when a token is set, only with "Authorization: Bearer <token>"
+    allowed_networks: tuple[str, ...] = (
+        "127.0.0.1/32",
+        "::1/128",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "fc00::/7",
+    )
+    token: SecretStr | None = None
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _nets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        parse_networks(list(value))
+        return value
+
+
 class AuditSettings(_Model):
     destination: str = "stderr"  # stderr, stdout or a file path
 
@@ -158,6 +179,7 @@ class Settings(_Model):
     providers: ProviderSettings = ProviderSettings()
     login: LoginSettings = LoginSettings()
     audit: AuditSettings = AuditSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     # where the file came from, for relative paths and messages
     source: str = Field(default="<defaults>", exclude=True)

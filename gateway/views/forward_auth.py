@@ -10,6 +10,7 @@ per-request context, URL routing and response machinery.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from werkzeug.wrappers import Request
@@ -97,10 +98,13 @@ class ForwardAuthApp:
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         if environ.get("PATH_INFO") != AUTH_PATH:
             return self.flask_wsgi(environ, start_response)
+        started = time.perf_counter()
         try:
             answer = check(self.svc, Request(environ))
         except Exception:
             log.exception("forward-auth check failed")
             self.svc.audit.emit("error", where=AUTH_PATH, reason="internal error; failed closed")
             answer = unavailable_answer()
+        if self.svc.metrics is not None:
+            self.svc.metrics.decision(answer.outcome, answer.route, time.perf_counter() - started)
         return answer(environ, start_response)

@@ -1,13 +1,16 @@
-"""``/.sso/userinfo``, ``/.sso/session``, ``/.sso/jwks.json``, ``/.sso/healthz``
-and ``/.sso/readyz``."""
+"""``/.sso/userinfo``, ``/.sso/session``, ``/.sso/jwks.json``, ``/.sso/metrics``,
+``/.sso/healthz`` and ``/.sso/readyz``."""
 
 from __future__ import annotations
 
+import hmac
 from urllib.parse import urlencode
 
 from flask import Blueprint, Response, request
 
 from gateway.core.errors import StoreUnavailable
+from gateway.core.network import ip_in
+from gateway.metrics import CONTENT_TYPE
 from gateway.sessions.manager import Session
 from gateway.views import csrf
 from gateway.views.common import load_session, services, wants_json
@@ -89,6 +92,40 @@ def jwks() -> Response:
     keys = svc.signer.jwks() if svc.signer is not None else {"keys": []}
     resp = json_answer(200, keys)
     resp.headers["Cache-Control"] = "public, max-age=300"
+    return resp
+
+
+_PROXY_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_ORIGINAL_URL", "HTTP_X_REAL_IP")
+
+
+@bp.route("/.sso/metrics", methods=["GET"])
+def metrics() -> Response:
+    """Prometheus exposition, for scrapers only: direct requests (no proxy
+    headers: through an ingress it is refused) from ``metrics.allowed_networks``,
+    with the bearer token when one is configured."""
+    svc = services()
+    if svc.metrics is None:
+        return json_answer(404, {"error": "not_found"})
+    settings = svc.settings.metrics
+    addr = request.remote_addr or ""
+    proxied = any(h in request.environ for h in _PROXY_HEADERS)
+    allowed = not proxied and ip_in(addr, svc.metrics_networks)
+    if allowed and settings.token is not None:
+        given = request.headers.get("Authorization", "")
+        expected = "Bearer " + settings.token.get_secret_value()
+        allowed = hmac.compare_digest(given.encode(), expected.encode())
+    if not allowed:
+        if svc.audit_limiter.allow(("metrics", addr), svc.clock()):
+            svc.audit.emit(
+                "metrics_refused",
+                client_ip=addr,
+                reason="proxied" if proxied else "not allowed",
+                note="reported at most once a minute per address",
+            )
+        return json_answer(403, {"error": "forbidden"})
+    resp = Response(svc.metrics.render(), status=200, mimetype=None)
+    resp.headers["Content-Type"] = CONTENT_TYPE
+    resp.headers["Cache-Control"] = "no-store"
     return resp
 
 

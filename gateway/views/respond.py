@@ -38,13 +38,18 @@ class Answer:
     status: str
     headers: list[tuple[str, str]]
     body: bytes = b""
+    # for metrics: the decision's outcome and route
+    outcome: str = "error"
+    route: str | None = None
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
         start_response(self.status, self.headers)
         return [self.body]
 
 
-def _json_answer(status: str, body: dict[str, object]) -> Answer:
+def _json_answer(
+    status: str, body: dict[str, object], outcome: str = "error", route: str | None = None
+) -> Answer:
     data = json.dumps(body).encode()
     return Answer(
         status,
@@ -54,6 +59,8 @@ def _json_answer(status: str, body: dict[str, object]) -> Answer:
             ("Cache-Control", "no-store"),
         ],
         data,
+        outcome,
+        route,
     )
 
 
@@ -71,15 +78,25 @@ def forward_auth_answer(
         headers = svc.header_cache.headers(identity, decision.tier, jwt, session_key)
         headers.append(("Cache-Control", "no-store"))
         headers.append(("Content-Length", "0"))
-        return Answer("202 Accepted", headers)
+        return Answer("202 Accepted", headers, b"", "allow", decision.route)
+    route = decision.route
     if decision.outcome is Outcome.PUBLIC:
-        return Answer("202 Accepted", [("Cache-Control", "no-store"), ("Content-Length", "0")])
+        return Answer(
+            "202 Accepted",
+            [("Cache-Control", "no-store"), ("Content-Length", "0")],
+            b"",
+            "public",
+            route,
+        )
     if decision.outcome is Outcome.LOGIN:
         error = "fresh_login_required" if decision.step_up else "login_required"
-        return _json_answer("401 Unauthorized", {"error": error})
+        return _json_answer("401 Unauthorized", {"error": error}, "login", route)
     if decision.outcome is Outcome.DENY:
         return _json_answer(
-            "403 Forbidden", {"error": "forbidden", "required_tiers": list(decision.required_tiers)}
+            "403 Forbidden",
+            {"error": "forbidden", "required_tiers": list(decision.required_tiers)},
+            "deny",
+            route,
         )
     return unavailable_answer()
 

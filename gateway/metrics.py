@@ -1,0 +1,174 @@
+"""Prometheus metrics (prometheus-client), served at ``/.sso/metrics``.
+
+Under ``sso-gateway serve`` every gunicorn worker writes its samples into
+``PROMETHEUS_MULTIPROC_DIR`` (``data_dir/metrics``, emptied at start and set by
+:func:`gateway.serve.prepare_metrics_dir` before any worker imports
+prometheus-client) and a scrape adds them up over all
+workers (prometheus-client's multiprocess mode).  Elsewhere (tests, a bare
+``create_app``) each app has its own registry.
+
+What is counted:
+
+* ``sso_gateway_logins_total{provider, result}`` - result ``success`` or
+  ``failure`` (reasons stay in the audit log: several are chosen by outsiders
+  and would make labels without bound);
+* ``sso_gateway_decisions_total{outcome, route}`` - every forward-auth decision;
+  routes come from the policy, ``none`` when no route matched;
+* ``sso_gateway_request_duration_seconds{endpoint}`` - ``auth`` for
+  ``/.sso/auth`` (the proxy adds its own);
+* ``sso_gateway_store_errors_total{where}`` - session store failures;
+* ``sso_gateway_sessions_revoked_total{reason}``;
+* ``sso_gateway_active_sessions`` - live sessions in the store, counted at most
+  every 15 s at scrape time.
+
+Login, failure, store-error and revocation counts are taken from the audit
+events (:meth:`Metrics.on_audit`), so each is counted exactly where it is
+audited.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from gateway.core.errors import StoreUnavailable
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_REVOKING_EVENTS = {
+    "sessions_revoked": "cli",
+    "backchannel_logout": "backchannel-logout",
+    "logout": "logout",
+}
+
+
+def multiprocess_dir() -> str | None:
+    value = os.environ.get(MULTIPROC_ENV)
+    return value if value and Path(value).is_dir() else None
+
+
+def mark_worker_dead(pid: int) -> None:
+    """gunicorn ``child_exit``: a dead worker's live gauges stop counting."""
+    if multiprocess_dir() is not None:
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+class SessionCount(Collector):
+    """``sso_gateway_active_sessions``, counted from the store at scrape time and
+    remembered for ``ttl`` seconds (a scan of every session is not free)."""
+
+    def __init__(self, count: Callable[[], int], ttl: float = 15.0) -> None:
+        self._count = count
+        self._ttl = ttl
+        self._cached: tuple[float, float] | None = None
+        self._lock = threading.Lock()
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._cached
+        if cached is None or now - cached[0] > self._ttl:
+            try:
+                value = float(self._count())
+            except StoreUnavailable:  # the store is down: NaN rather than a false 0
+                value = float("nan")
+            cached = (now, value)
+            with self._lock:
+                self._cached = cached
+        family = GaugeMetricFamily(
+            "sso_gateway_active_sessions", "Live sessions in the session store"
+        )
+        family.add_metric([], cached[1])
+        yield family
+
+
+class Metrics:
+    def __init__(self, active_sessions: Callable[[], int]) -> None:
+        self._multiprocess = multiprocess_dir() is not None
+        # in multiprocess mode the values live in files; the objects register
+        # nowhere and a fresh registry reads the files per scrape
+        self.registry: CollectorRegistry | None = (
+            None if self._multiprocess else CollectorRegistry()
+        )
+        reg = self.registry
+        self.logins = Counter(
+            "sso_gateway_logins",
+            "Completed sign-in attempts",
+            ["provider", "result"],
+            registry=reg,
+        )
+        self.decisions = Counter(
+            "sso_gateway_decisions",
+            "Forward-auth decisions",
+            ["outcome", "route"],
+            registry=reg,
+        )
+        self.latency = Histogram(
+            "sso_gateway_request_duration_seconds",
+            "Time to answer, by endpoint",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.store_errors = Counter(
+            "sso_gateway_store_errors",
+            "Session store failures (the request failed closed)",
+            ["where"],
+            registry=reg,
+        )
+        self.revocations = Counter(
+            "sso_gateway_sessions_revoked",
+            "Sessions ended before their time",
+            ["reason"],
+            registry=reg,
+        )
+        self._sessions = SessionCount(active_sessions)
+        if self.registry is not None:
+            self.registry.register(self._sessions)
+
+    # -- audit events -> counters ------------------------------------------------
+    def on_audit(self, line: Mapping[str, Any]) -> None:
+        event = line.get("event")
+        if event == "login":
+            self.logins.labels(str(line.get("provider", "unknown")), "success").inc()
+        elif event == "login_failed":
+            self.logins.labels(str(line.get("provider", "local")), "failure").inc()
+        elif event == "store_unavailable":
+            self.store_errors.labels(str(line.get("where", "unknown"))[:64]).inc()
+        elif event in _REVOKING_EVENTS:
+            count = line.get("count")
+            sessions = line.get("sessions")
+            if isinstance(count, int):
+                n = count
+            else:
+                n = len(sessions) if isinstance(sessions, list) else 1
+            if n:
+                self.revocations.labels(_REVOKING_EVENTS[str(event)]).inc(n)
+
+    def decision(self, outcome: str, route: str | None, seconds: float) -> None:
+        self.decisions.labels(outcome, route or "none").inc()
+        self.latency.labels("auth").observe(seconds)
+
+    # -- exposition -----------------------------------------------------------------
+    def render(self) -> bytes:
+        if self.registry is not None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(self._sessions)
+        return generate_latest(registry)
