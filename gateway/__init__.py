@@ -92,6 +92,18 @@ def create_app(
         )
         audit.emit("insecure_cookie_enabled", reason="cookie.secure is false")
 
+    saml = None
+    if settings.providers.saml is not None:
+        from gateway.providers.saml import SamlServiceProvider
+
+        assert settings.public_url is not None  # checked by settings
+        saml = SamlServiceProvider(
+            settings.providers.saml,
+            public_url=settings.public_url,
+            resolve_path=settings.resolve_path,
+            emit=audit.emit,
+        )
+
     cookie_prefix = ""
     if settings.cookie.secure:
         cookie_prefix = "__Host-" if settings.cookie.domain is None else "__Secure-"
@@ -123,6 +135,7 @@ def create_app(
         identity_header_names=frozenset(n.lower() for n in settings.headers.all_names()),
         audit_limiter=AuditLimiter(interval=60.0),
         header_cache=IdentityHeaderCache(settings.headers),
+        saml=saml,
     )
 
     app = Flask(__name__, template_folder="templates", static_folder=None)

@@ -12,6 +12,7 @@ from gateway.core.network import TrustedProxies
 from gateway.identity_headers import IdentityHeaderCache
 from gateway.policy_holder import PolicyHolder
 from gateway.providers.local import LocalUsersProvider
+from gateway.providers.saml import SamlServiceProvider
 from gateway.sessions.manager import SessionManager
 from gateway.sessions.store import SessionStore
 from gateway.settings import Settings
@@ -39,3 +40,5 @@ class Services:
     audit_limiter: AuditLimiter
     # identity headers per (session, tier, JWT), rebuilt when the JWT is renewed
     header_cache: IdentityHeaderCache
+    # the SAML service provider, when providers.saml is configured
+    saml: SamlServiceProvider | None = None

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from gateway.core.errors import ConfigError, Problem, key_path
 from gateway.core.network import parse_networks
+from gateway.settings_saml import SamlSettings, saml_problems
 
 ENV_PREFIX = "SSO_GATEWAY__"
 CONFIG_ENV = "SSO_GATEWAY_CONFIG"
@@ -124,8 +125,9 @@ class LocalProviderSettings(_Model):
 
 
 class ProviderSettings(_Model):
-    default: Literal["local"] = "local"
+    default: Literal["local", "saml"] = "local"
     local: LocalProviderSettings = LocalProviderSettings()
+    saml: SamlSettings | None = None
 
 
 class LoginSettings(_Model):
@@ -378,4 +380,5 @@ def _cross_checks(settings: Settings) -> list[Problem]:
         problems.append(Problem(src, "cookie.domain", "must name a domain"))
     if settings.redirects.default and not settings.redirects.default.startswith("/"):
         problems.append(Problem(src, "redirects.default", "must be a path starting with '/'"))
+    problems.extend(saml_problems(settings))
     return problems

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Flask
 from flask.sessions import NullSession, SessionInterface
 
-from gateway.views import info, login, start
+from gateway.views import info, login, saml, start
 
 
 class NoFlaskSession(SessionInterface):
@@ -26,3 +26,4 @@ def register(app: Flask) -> None:
     app.register_blueprint(start.bp)
     app.register_blueprint(login.bp)
     app.register_blueprint(info.bp)
+    app.register_blueprint(saml.bp)

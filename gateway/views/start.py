@@ -31,6 +31,7 @@ from gateway.views.common import (
 )
 from gateway.views.establish import unavailable_page
 from gateway.views.respond import bad_request, redirect_to
+from gateway.views.saml import begin as saml_begin
 
 bp = Blueprint("start", __name__)
 
@@ -40,6 +41,8 @@ def configured_providers(svc: Services) -> tuple[str, ...]:
     names = [svc.settings.providers.default]
     if svc.local_users is not None and "local" not in names:
         names.append("local")
+    if svc.saml is not None and "saml" not in names:
+        names.append("saml")
     return tuple(names)
 
 
@@ -59,6 +62,8 @@ def needs_fresh_login(svc: Services, req: Request, session: Session, rd: str, no
 
 def begin_login(svc: Services, req: Request, provider: str, rd: str, *, fresh: bool) -> Response:
     """Send the browser to ``provider``'s login; ``rd`` is already checked."""
+    if provider == "saml":
+        return saml_begin(svc, req, rd, fresh)
     query = {"rd": rd} if rd else {}
     if fresh:
         query["prompt"] = "login"
