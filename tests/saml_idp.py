@@ -439,6 +439,14 @@ def create_app(state: IdpState) -> Any:
         reset()
         return Response("ok")
 
+    @app.post("/_admin/unsolicited")
+    def unsolicited() -> Response:
+        """An IdP-initiated (unsolicited) login of ``user`` at the only SP."""
+        data = request.get_json(force=True)
+        srv = server()
+        sp_entity = next(iter(srv.metadata.with_descriptor("spsso")))
+        return _post_response(sp_entity, None, data["user"], data.get("relay_state", ""))
+
     @app.get("/_admin/last-request")
     def last_request() -> Response:
         return Response(json.dumps(state.last_request), mimetype="application/json")
@@ -573,6 +581,17 @@ class SamlIdp:
     def last_logout(self) -> dict[str, Any]:
         data: dict[str, Any] = self.http.get(self.url + "/_admin/last-logout", timeout=10).json()
         return data
+
+    def unsolicited_form(self, user: str, relay_state: str = "") -> dict[str, str]:
+        r = self.http.post(
+            self.url + "/_admin/unsolicited",
+            json={"user": user, "relay_state": relay_state},
+            timeout=10,
+        )
+        r.raise_for_status()
+        fields = _inputs(r.text)
+        fields["action"] = _form_action(r.text)
+        return fields
 
     def logout_request_url(self, user: str) -> str:
         r = self.http.post(self.url + "/_admin/logout", json={"user": user}, timeout=10)
