@@ -164,6 +164,7 @@ class IdpState:
     sign_assertion: bool = True
     encrypt_assertion: bool = False
     sha1: bool = False  # sign with RSA-SHA1 / SHA-1 digests (must be refused)
+    authn_age: int = 0  # seconds to backdate AuthnInstant by (an old IdP login)
     # who is logged in at the IdP, per IdP session cookie value
     sessions: dict[str, str] = field(default_factory=dict)
     # (user, SP entity) -> (NameID, SessionIndex) for IdP-initiated logout
@@ -341,6 +342,9 @@ def create_app(state: IdpState) -> Any:
             kwargs = {
                 "encrypt_assertion": True,
                 "encrypt_cert_assertion": _sp_cert(srv, sp_entity),
+                # the self-contained mode renames namespace prefixes after
+                # signing, which breaks pysaml2's own assertion signature
+                "encrypt_assertion_self_contained": False,
             }
         response = srv.create_authn_response(
             person.claims(),
@@ -350,7 +354,7 @@ def create_app(state: IdpState) -> Any:
             name_id=name_id,
             authn={
                 "class_ref": PASSWORDPROTECTEDTRANSPORT,
-                "authn_instant": int(time.time()),
+                "authn_instant": int(time.time()) - state.authn_age,
             },
             sign_assertion=state.sign_assertion,
             sign_response=state.sign_response,
@@ -418,6 +422,7 @@ def create_app(state: IdpState) -> Any:
             args.get("RelayState", ""),
             response=True,
             sign=True,
+            sigalg=SIG_RSA_SHA1 if state.sha1 else SIG_RSA_SHA256,
         )
         location = dict(info["headers"])["Location"]
         return Response(status=302, headers={"Location": location})
@@ -433,7 +438,7 @@ def create_app(state: IdpState) -> Any:
     def settings() -> Response:
         data = request.get_json(force=True)
         for key in ("signing", "rollover", "sign_response", "sign_assertion",
-                    "encrypt_assertion", "sha1"):  # fmt: skip
+                    "encrypt_assertion", "sha1", "authn_age"):  # fmt: skip
             if key in data:
                 setattr(state, key, data[key])
         reset()
@@ -474,7 +479,13 @@ def create_app(state: IdpState) -> Any:
             sign=False,
         )
         info = srv.apply_binding(
-            BINDING_HTTP_REDIRECT, str(message), destination, "", response=False, sign=True
+            BINDING_HTTP_REDIRECT,
+            str(message),
+            destination,
+            "",
+            response=False,
+            sign=True,
+            sigalg=SIG_RSA_SHA1 if state.sha1 else SIG_RSA_SHA256,
         )
         return Response(
             json.dumps({"url": dict(info["headers"])["Location"], "id": _id}),
@@ -566,7 +577,8 @@ class SamlIdp:
 
     def configure(self, **options: Any) -> None:
         defaults = {"signing": "a", "rollover": False, "sign_response": False,
-                    "sign_assertion": True, "encrypt_assertion": False, "sha1": False}  # fmt: skip
+                    "sign_assertion": True, "encrypt_assertion": False, "sha1": False,
+                    "authn_age": 0}  # fmt: skip
         defaults.update(options)
         r = self.http.post(self.url + "/_admin/settings", json=defaults, timeout=10)
         r.raise_for_status()
