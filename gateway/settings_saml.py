@@ -19,6 +19,8 @@ ADFS_EMAIL = "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/emailaddress
 ADFS_NAME = "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/name"
 ADFS_GROUP = "http://schemas.xmlsoap.org/claims/Group"
 ADFS_GROUP_SID = "http://schemas.microsoft.com/ws/2008/06/identity/claims/groups"
+# ADFS's built-in "Group SID" claim type (Token-Groups as SIDs)
+ADFS_GROUPSID = "http://schemas.microsoft.com/ws/2008/06/identity/claims/groupsid"
 ADFS_ROLE = "http://schemas.microsoft.com/ws/2008/06/identity/claims/role"
 ADFS_AMR = "http://schemas.microsoft.com/claims/authnmethodsreferences"
 ADFS_MFA = "http://schemas.microsoft.com/claims/multipleauthn"
@@ -37,7 +39,7 @@ class SamlClaimSettings(_Model):
     email: tuple[str, ...] = (ADFS_EMAIL, ADFS_UPN)
     name: tuple[str, ...] = (ADFS_NAME,)
     groups: tuple[str, ...] = (ADFS_GROUP, ADFS_ROLE)
-    group_ids: tuple[str, ...] = (ADFS_GROUP_SID,)
+    group_ids: tuple[str, ...] = (ADFS_GROUP_SID, ADFS_GROUPSID)
     amr: tuple[str, ...] = (ADFS_AMR,)
     # an amr value among these means the person passed multi-factor authentication
     mfa_values: tuple[str, ...] = (ADFS_MFA,)
