@@ -27,6 +27,7 @@ unit: $(STAMP)
 
 bench: sysdeps $(STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/saml.py
 
 venv: $(STAMP)
 
