@@ -43,7 +43,7 @@ from onelogin.saml2.response import OneLogin_Saml2_Response
 from onelogin.saml2.settings import OneLogin_Saml2_Settings
 from onelogin.saml2.utils import OneLogin_Saml2_Utils
 
-from gateway.core.errors import AuthenticationFailed, GatewayError
+from gateway.core.errors import AuthenticationFailed, GatewayError, Problem
 from gateway.core.model import Identity
 from gateway.settings_saml import SamlSettings
 
@@ -416,6 +416,12 @@ class SamlServiceProvider:
             raise AuthenticationFailed(
                 f"response does not parse: {type(exc).__name__}: {str(exc)[:160]}"
             ) from None
+        if response.encrypted:  # the pre-screen could not see inside
+            for node in response.decrypted_document.iter():
+                if isinstance(node, etree._Comment | etree._ProcessingInstruction):
+                    raise AuthenticationFailed(
+                        "decrypted assertion contains a comment or processing instruction"
+                    )
         doc = response.document
         in_response_to = doc.get("InResponseTo")
         if request_id is None:
@@ -617,6 +623,47 @@ class SamlServiceProvider:
             session_indexes=tuple(str(i) for i in indexes),
             response_url=str(url),
         )
+
+
+def check_files(
+    settings: SamlSettings, public_url: str, resolve_path: Callable[[Path], Path], source: str
+) -> list[Problem]:
+    """Problems with the files ``providers.saml`` names (for ``check`` and the
+    pre-flight of ``serve``): the SP key pair, and a metadata file when one is
+    configured (a metadata URL is not fetched here)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    problems: list[Problem] = []
+    key = "providers.saml."
+    try:
+        x509.load_pem_x509_certificate(resolve_path(settings.sp_cert_file).read_bytes())
+    except (OSError, ValueError) as exc:
+        problems.append(Problem(source, key + "sp_cert_file", f"not a PEM certificate: {exc}"))
+    try:
+        serialization.load_pem_private_key(
+            resolve_path(settings.sp_key_file).read_bytes(), password=None
+        )
+    except (OSError, ValueError, TypeError) as exc:
+        problems.append(
+            Problem(source, key + "sp_key_file", f"not an unencrypted PEM private key: {exc}")
+        )
+    if problems or settings.idp_metadata_file is None:
+        return problems
+    failures: list[str] = []
+    provider = SamlServiceProvider(
+        settings,
+        public_url=public_url,
+        resolve_path=resolve_path,
+        emit=lambda event, **fields: failures.append(str(fields.get("reason", event))),
+    )
+    try:
+        provider.refresh()
+    except SamlUnavailable:
+        problems.append(
+            Problem(source, key + "idp_metadata_file", "; ".join(failures) or "unusable")
+        )
+    return problems
 
 
 def _inflate(value: str, what: str) -> bytes:

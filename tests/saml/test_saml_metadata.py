@@ -238,3 +238,33 @@ def test_metadata_endpoint_without_saml(make_gateway: Callable[..., Gateway]) ->
     assert gw.post("/.sso/saml/acs", data={"SAMLResponse": "x"}).status_code == 404
     assert gw.get("/.sso/saml/slo").status_code == 404
     assert gw.get("/.sso/start", query_string={"provider": "saml"}).status_code == 400
+
+
+def test_check_reports_unusable_saml_files(
+    saml_idp: SamlIdp, sp_keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from gateway.cli import main
+
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "site.yaml").write_text(
+        "tiers: {admin: {rank: 1, groups: [Intercom-Admins]}}\n"
+        "routes: [{name: all, hosts: [sso.corp.test], path: /, allow: [admin]}]\n",
+        encoding="utf-8",
+    )
+    saml_idp.configure()
+    (tmp_path / "bad.key").write_text("not a key", encoding="utf-8")
+    metadata = tmp_path / "md.xml"
+    metadata.write_text(saml_idp.metadata(), encoding="utf-8")
+    body = (
+        "public_url: https://sso.corp.test\npolicies_dir: policies\n"
+        "providers:\n  default: saml\n  saml:\n"
+        f"    sp_cert_file: {sp_keys[1]}\n    sp_key_file: {{key}}\n"
+        f"    idp_metadata_file: {metadata}\n    idp_cert_fingerprints: [{{fp}}]\n"
+    )
+    good = _config(tmp_path, body.format(key=sp_keys[0], fp=sha256_fingerprint(
+        saml_idp.key_files("a")[1])))  # fmt: skip
+    assert main(["--config", str(good), "check"]) == 0
+    bad = _config(tmp_path, body.format(key=tmp_path / "bad.key", fp="00" * 32))
+    assert main(["--config", str(bad), "check"]) == 1
+    untrusted = _config(tmp_path, body.format(key=sp_keys[0], fp="00" * 32))
+    assert main(["--config", str(untrusted), "check"]) == 1
