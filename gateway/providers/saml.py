@@ -207,6 +207,7 @@ class SamlServiceProvider:
         self._lock = threading.Lock()
         self._retry_after = 0.0
         self._sp_metadata: str | None = None
+        self._sp_metadata_at = 0.0
         parts = urlsplit(base)
         self._https = parts.scheme == "https"
         self._netloc = parts.netloc
@@ -250,7 +251,11 @@ class SamlServiceProvider:
     def sp_metadata(self) -> str:
         """This SP's metadata: signing and encryption certificates, the ACS and
         SLO endpoints, signed with the SP key (RSA-SHA256)."""
-        if self._sp_metadata is None:
+        # python3-saml stamps validUntil two days ahead: rebuild hourly so the
+        # published document never runs out
+        now = self._monotonic()
+        if self._sp_metadata is None or now - self._sp_metadata_at > 3600:
+            self._sp_metadata_at = now
             settings = OneLogin_Saml2_Settings(
                 {"strict": True, "sp": self._sp(), "security": self._security()},
                 sp_validation_only=True,

@@ -60,12 +60,13 @@ def _digest(value: str) -> str:
 def _set_state_cookie(svc: Services, resp: Response, handle: str, max_age: int) -> None:
     c = svc.settings.cookie
     # the ACS is reached by a cross-site POST from the IdP: a Lax cookie would
-    # not come along, so a secure deployment sends it with SameSite=None
+    # not come along, so a secure deployment sends it with SameSite=None.  Path
+    # "/" because a "__Host-" cookie (the session cookie's prefix) must have it.
     resp.set_cookie(
         _state_cookie(svc),
         handle,
         max_age=max_age,
-        path="/.sso/saml/",
+        path="/",
         domain=c.domain,
         secure=c.secure,
         httponly=True,
@@ -77,7 +78,7 @@ def _clear_state_cookie(svc: Services, resp: Response) -> None:
     c = svc.settings.cookie
     resp.delete_cookie(
         _state_cookie(svc),
-        path="/.sso/saml/",
+        path="/",
         domain=c.domain,
         secure=c.secure,
         httponly=True,

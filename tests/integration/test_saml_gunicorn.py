@@ -153,3 +153,64 @@ def test_idp_initiated_logout_under_gunicorn(saml_gateway: GatewayProcess, idp: 
         assert info.status_code == 401
     logout = saml_gateway.audit_events("logout")[-1]
     assert logout["user"] == "bob@corp.test" and logout["via"] == "idp"
+
+
+@pytest.mark.browser
+def test_saml_sign_in_and_out_in_chromium_with_secure_cookies(
+    request: pytest.FixtureRequest, idp: SamlIdp, tmp_path: Path
+) -> None:
+    """A real browser, the production cookie settings (``__Host-`` names, Secure,
+    the login-state cookie SameSite=None) and a cross-site IdP: the gateway on
+    ``localhost`` (a secure context for Chromium even over HTTP), the IdP on
+    ``127.0.0.1``, so the IdP's POST to the ACS is a cross-site request."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.integration.test_browser_login import CHROMIUM_ARGS
+    from tests.peers import require_binary
+
+    chromium = require_binary("chromium", "the browser test drives Debian's Chromium")
+    key, cert = make_keypair(tmp_path, "sp", "gateway-sp")
+    gateway = GatewayProcess(
+        tmp_path / "gateway",
+        policies=POLICIES,
+        settings={
+            "cookie": {"secure": True},
+            "providers": {
+                "default": "saml",
+                "saml": {
+                    "sp_cert_file": str(cert),
+                    "sp_key_file": str(key),
+                    "idp_metadata_url": idp.url + "/metadata",
+                    "allow_http_metadata_url": True,
+                },
+            },
+        },
+    )
+    base = f"http://localhost:{gateway.port}"
+    gateway.config["public_url"] = base
+    request.addfinalizer(gateway.stop)
+    gateway.start()
+    idp.configure()
+    with http_client() as client:
+        idp.register_sp(client.get(base + "/.sso/saml/metadata", timeout=10).text)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(base + "/.sso/start?rd=/.sso/userinfo")
+            expect(page).to_have_title("Test ADFS sign-in")
+            page.get_by_label("User").fill("alice")
+            page.get_by_role("button", name="Sign in at ADFS").click()
+            page.wait_for_url(base + "/.sso/userinfo")
+            expect(page.locator("#user")).to_have_text("alice@corp.test")
+            expect(page.locator("#tier")).to_have_text("operator")
+            names = {c["name"]: c for c in page.context.cookies()}
+            assert names["__Host-sso_gw"]["secure"] is True
+            assert "__Host-sso_gw_saml" not in names  # used up at the ACS
+            page.get_by_role("button", name="Sign out").click()
+            expect(page.get_by_role("heading", name="You are signed out")).to_be_visible()
+            assert page.url.startswith(base + "/.sso/saml/slo?SAMLResponse=")
+        finally:
+            browser.close()
+    assert [e["user"] for e in gateway.audit_events("login")] == ["alice@corp.test"]
+    assert gateway.audit_events("saml_logout_completed")

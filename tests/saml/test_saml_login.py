@@ -156,8 +156,13 @@ def test_login_state_is_kept_in_the_store_not_the_cookie(sgw: Gateway, saml_idp:
     url = start_login(sgw, "https://intercom.test/console")
     handle = relay_state(url)
     cookie = sgw.client.get_cookie(
-        sgw.services.cookie_name + "_saml", domain="localhost", path="/.sso/saml/"
+        sgw.services.cookie_name + "_saml", domain="localhost", path="/"
     )
     assert cookie is not None and cookie.value == handle
     assert cookie.http_only and cookie.secure
+    # a "__Host-" cookie must be Secure with Path=/ or browsers drop it; the
+    # IdP's POST is cross-site, so SameSite=None
+    assert sgw.services.cookie_name.startswith("__Host-")
+    assert cookie.path == "/" and cookie.domain == "localhost"
+    assert cookie.same_site == "None"
     assert "console" not in handle and len(handle) >= 32
