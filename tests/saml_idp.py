@@ -102,6 +102,11 @@ USERS: dict[str, IdpUser] = {
         IdpUser("dave", "dave@corp.test", "Dave Contractor", ("Contractors",)),
         IdpUser("nobody", "nobody@corp.test", "No Groups"),
         IdpUser("mallory", "alice@corp.test.evil", "Mallory", ("Intercom-Admins",)),
+        # a long-serving admin in very many AD groups (a response of ~150 kB)
+        IdpUser("many", "many@corp.test", "Many Groups",
+                ("Intercom-Admins", *(f"Project-Group-{i:04d}" for i in range(1500))),
+                tuple(f"S-1-5-21-3623811015-3361044348-30300820-{5000 + i}"
+                      for i in range(1500))),
     )
 }  # fmt: skip
 

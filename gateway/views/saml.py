@@ -40,6 +40,7 @@ _LOGIN = "saml:login:"
 _LOGOUT = "saml:logout:"
 _SEEN = "saml:seen:"
 _NAMEID = "saml:nameid:"
+ACS_MAX_BYTES = 1024 * 1024
 FAILED = "Sign-in through your organisation's identity provider failed. Try again."
 
 
@@ -150,6 +151,9 @@ def acs() -> Response:
     now = svc.clock()
     if svc.saml is None:
         return Response("SAML is not configured", 404, mimetype="text/plain")
+    # a person in many AD groups makes a large response: allow more than the
+    # app-wide 64 KiB here (and only here)
+    request.max_content_length = ACS_MAX_BYTES
     saml_response = request.form.get("SAMLResponse", "")
     relay_state = request.form.get("RelayState", "")
     if not saml_response:

@@ -155,9 +155,7 @@ def test_rd_is_checked_at_start(sgw: Gateway) -> None:
 def test_login_state_is_kept_in_the_store_not_the_cookie(sgw: Gateway, saml_idp: SamlIdp) -> None:
     url = start_login(sgw, "https://intercom.test/console")
     handle = relay_state(url)
-    cookie = sgw.client.get_cookie(
-        sgw.services.cookie_name + "_saml", domain="localhost", path="/"
-    )
+    cookie = sgw.client.get_cookie(sgw.services.cookie_name + "_saml", domain="localhost", path="/")
     assert cookie is not None and cookie.value == handle
     assert cookie.http_only and cookie.secure
     # a "__Host-" cookie must be Secure with Path=/ or browsers drop it; the
@@ -166,3 +164,19 @@ def test_login_state_is_kept_in_the_store_not_the_cookie(sgw: Gateway, saml_idp:
     assert cookie.path == "/" and cookie.domain == "localhost"
     assert cookie.same_site == "None"
     assert "console" not in handle and len(handle) >= 32
+
+
+def test_person_in_very_many_groups(sgw: Gateway, saml_idp: SamlIdp) -> None:
+    fields = idp_form(saml_idp, start_login(sgw), "many")
+    assert len(fields["SAMLResponse"]) > 64 * 1024  # over the app-wide body limit
+    r = post_acs(sgw, fields)
+    assert r.status_code == 303, [e["reason"] for e in sgw.events("login_failed")]
+    session = sgw.services.sessions.list("many@corp.test")[0]
+    assert session.tier == "admin"
+    assert len(session.identity.groups) == 1501
+    assert len(session.identity.group_ids) == 1500
+
+
+def test_oversized_post_to_the_acs_is_refused(sgw: Gateway) -> None:
+    r = sgw.post("/.sso/saml/acs", data={"SAMLResponse": "A" * (1024 * 1024 + 1)})
+    assert r.status_code == 413
