@@ -53,6 +53,10 @@ SLO_PATH = "/.sso/saml/slo"
 METADATA_PATH = "/.sso/saml/metadata"
 MAX_METADATA_BYTES = 1024 * 1024
 MAX_SUBJECT = 256
+# after a failed metadata load, seconds before the next try (with / without an
+# older copy in force)
+RETRY_KEPT = 60.0
+RETRY_NONE = 10.0
 
 Emit = Callable[..., Any]
 Fetch = Callable[[str, float], bytes]
@@ -333,12 +337,16 @@ class SamlServiceProvider:
             idp = self._idp
             if idp is not None and now - idp.loaded_at < self.settings.idp_metadata_refresh:
                 return idp
-            if now < self._retry_after and idp is not None:
+            if now < self._retry_after:
+                # a load failed a moment ago: do not make every request wait on
+                # the IdP again (nor hammer it)
+                if idp is None:
+                    raise SamlUnavailable("the IdP metadata could not be loaded")
                 return idp
             try:
                 fresh = self._load_metadata()
             except (OSError, ValueError, OneLogin_Saml2_Error, etree.XMLSyntaxError) as exc:
-                self._retry_after = now + 60
+                self._retry_after = now + (RETRY_KEPT if idp is not None else RETRY_NONE)
                 self._emit(
                     "saml_metadata_failed",
                     reason=f"{type(exc).__name__}: {str(exc)[:200]}",

@@ -268,3 +268,24 @@ def test_check_reports_unusable_saml_files(
     assert main(["--config", str(bad), "check"]) == 1
     untrusted = _config(tmp_path, body.format(key=sp_keys[0], fp="00" * 32))
     assert main(["--config", str(untrusted), "check"]) == 1
+
+
+def test_metadata_load_failures_are_not_retried_on_every_request(
+    saml_idp: SamlIdp, sp_keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    metadata = tmp_path / "md.xml"
+    metadata.write_text("<broken", encoding="utf-8")
+    sp, events, clock = _provider(tmp_path, sp_keys, metadata)
+    for _ in range(3):
+        with pytest.raises(SamlUnavailable):
+            sp.login_redirect("h", force_authn=False)
+    assert [e for e, _ in events] == ["saml_metadata_failed"]  # one try, not three
+    saml_idp.configure()
+    metadata.write_text(saml_idp.metadata(), encoding="utf-8")
+    clock[0] = 9
+    with pytest.raises(SamlUnavailable):
+        sp.login_redirect("h", force_authn=False)
+    clock[0] = 11  # the IdP is back: the next try after 10 s succeeds
+    _request_id, url = sp.login_redirect("h", force_authn=False)
+    assert url.startswith(saml_idp.url + "/sso/redirect?SAMLRequest=")
+    assert events[-1][0] == "saml_metadata_loaded"
