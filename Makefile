@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 OP_DIR     := tests/oidc_op
 NODE_STAMP := $(OP_DIR)/node_modules/.installed
 # Debian packages the tests and benchmarks talk to (real peers, never mocks)
-SYSTEM_PACKAGES := redis-server nginx-light chromium wrk nodejs npm
+SYSTEM_PACKAGES := redis-server nginx-light chromium wrk nodejs npm xmlsec1
 
 .PHONY: demo test lint typecheck layers unit bench sysdeps venv clean
 
@@ -31,6 +31,7 @@ unit: $(STAMP)
 bench: sysdeps $(STAMP) $(NODE_STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/oidc.py
+	$(BIN)/python bench/saml.py
 
 venv: $(STAMP)
 

@@ -113,6 +113,18 @@ def create_app(
         )
         audit.emit("insecure_cookie_enabled", reason="cookie.secure is false")
 
+    saml = None
+    if settings.providers.saml is not None:
+        from gateway.providers.saml import SamlServiceProvider
+
+        assert settings.public_url is not None  # checked by settings
+        saml = SamlServiceProvider(
+            settings.providers.saml,
+            public_url=settings.public_url,
+            resolve_path=settings.resolve_path,
+            emit=audit.emit,
+        )
+
     cookie_prefix = ""
     if settings.cookie.secure:
         cookie_prefix = "__Host-" if settings.cookie.domain is None else "__Secure-"
@@ -149,6 +161,7 @@ def create_app(
         group_resolvers=group_resolvers,
         metrics=metrics,
         metrics_networks=parse_networks(list(settings.metrics.allowed_networks)),
+        saml=saml,
     )
 
     app = Flask(__name__, template_folder="templates", static_folder=None)

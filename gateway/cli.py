@@ -210,8 +210,19 @@ def _preflight(settings: Settings) -> None:
     problems = validate_policies(settings.resolve_path(settings.policies_dir))
     if settings.providers.default == "local":
         problems += validate_users_file(settings.resolve_path(settings.providers.local.users_file))
+    problems += _saml_problems(settings)
     if problems:
         raise ConfigError(problems)
+
+
+def _saml_problems(settings: Settings) -> list[Problem]:
+    if settings.providers.saml is None or settings.public_url is None:
+        return []
+    from gateway.providers.saml import check_files
+
+    return check_files(
+        settings.providers.saml, settings.public_url, settings.resolve_path, settings.source
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -237,6 +248,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         users_file: Path | None = None
         if settings.providers.default == "local":
             users_file = settings.resolve_path(settings.providers.local.users_file)
+        problems.extend(_saml_problems(settings))
     except ConfigError as exc:
         problems.extend(exc.problems)
         # still look at the policies and users file the broken config names

@@ -15,6 +15,7 @@ from gateway.policy_holder import PolicyHolder
 from gateway.providers.groups import GroupResolver
 from gateway.providers.local import LocalUsersProvider
 from gateway.providers.oidc import OidcClient
+from gateway.providers.saml import SamlServiceProvider
 from gateway.sessions.manager import SessionManager
 from gateway.sessions.store import SessionStore
 from gateway.settings import Settings
@@ -50,3 +51,5 @@ class Services:
     # Prometheus metrics (/.sso/metrics), unless metrics.enabled is off
     metrics: Metrics | None = None
     metrics_networks: Networks = ()
+    # the SAML service provider, when providers.saml is configured
+    saml: SamlServiceProvider | None = None

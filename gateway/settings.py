@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from gateway.core.errors import ConfigError, Problem, key_path
 from gateway.core.network import parse_networks
 from gateway.settings_oidc import OidcSettings
+from gateway.settings_saml import SamlSettings, saml_problems
 
 ENV_PREFIX = "SSO_GATEWAY__"
 CONFIG_ENV = "SSO_GATEWAY_CONFIG"
@@ -125,9 +126,10 @@ class LocalProviderSettings(_Model):
 
 
 class ProviderSettings(_Model):
-    default: Literal["local", "oidc"] = "local"
+    default: Literal["local", "oidc", "saml"] = "local"
     local: LocalProviderSettings = LocalProviderSettings()
     oidc: OidcSettings | None = None
+    saml: SamlSettings | None = None
 
 
 class LoginSettings(_Model):
@@ -409,4 +411,5 @@ def _cross_checks(settings: Settings) -> list[Problem]:
         )
     if settings.redirects.default and not settings.redirects.default.startswith("/"):
         problems.append(Problem(src, "redirects.default", "must be a path starting with '/'"))
+    problems.extend(saml_problems(settings))
     return problems

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Flask
 from flask.sessions import NullSession, SessionInterface
 
-from gateway.views import info, login, oidc, start
+from gateway.views import info, login, oidc, saml, start
 
 
 class NoFlaskSession(SessionInterface):
@@ -27,3 +27,4 @@ def register(app: Flask) -> None:
     app.register_blueprint(login.bp)
     app.register_blueprint(info.bp)
     app.register_blueprint(oidc.bp)
+    app.register_blueprint(saml.bp)

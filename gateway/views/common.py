@@ -108,6 +108,10 @@ def original_request(svc: Services, req: Request) -> Judged:
         uri = headers.get("X-Forwarded-Uri")
         fhost = headers.get("X-Forwarded-Host")
         if uri or fhost:
+            if not (fhost or "").split(",")[0].strip():
+                # Traefik always names the host; without it the request would be
+                # judged as if it were for the gateway's own host name
+                raise AmbiguousPath("X-Forwarded-Uri without X-Forwarded-Host")
             uri = uri or "/"
             raw = uri.split("?", 1)[0]  # a '#' left in is refused by normalise_path
             scheme = (headers.get("X-Forwarded-Proto") or req.scheme).split(",")[0].strip()

@@ -9,6 +9,7 @@ from werkzeug.wrappers import Request
 
 from gateway.services import Services
 from gateway.sessions.manager import Session
+from gateway.views.saml import idp_logout as saml_idp_logout
 
 
 def idp_logout(svc: Services, req: Request, session: Session, rd: str) -> Response | None:
@@ -19,4 +20,6 @@ def idp_logout(svc: Services, req: Request, session: Session, rd: str) -> Respon
         from gateway.views.oidc import end_session
 
         return end_session(svc, req, session)
+    if session.identity.provider == "saml":
+        return saml_idp_logout(svc, session, rd)
     return None

@@ -31,6 +31,7 @@ from gateway.views.common import (
 )
 from gateway.views.establish import unavailable_page
 from gateway.views.respond import bad_request, page, redirect_to
+from gateway.views.saml import begin as saml_begin
 
 bp = Blueprint("start", __name__)
 
@@ -42,6 +43,8 @@ def configured_providers(svc: Services) -> tuple[str, ...]:
         names.append("local")
     if svc.oidc is not None and "oidc" not in names:
         names.append("oidc")
+    if svc.saml is not None and "saml" not in names:
+        names.append("saml")
     return tuple(names)
 
 
@@ -65,6 +68,8 @@ def begin_login(svc: Services, req: Request, provider: str, rd: str, *, fresh: b
         from gateway.views import oidc
 
         return oidc.begin(svc, req, rd, fresh=fresh)
+    if provider == "saml":
+        return saml_begin(svc, req, rd, fresh)
     query = {"rd": rd} if rd else {}
     if fresh:
         query["prompt"] = "login"

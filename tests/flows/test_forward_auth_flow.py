@@ -90,6 +90,19 @@ def test_traefik_forwarded_headers(gw: Gateway) -> None:
     assert denied.status_code == 403
 
 
+@pytest.mark.parametrize("host", [None, "", "  ", ",intercom.test"])
+def test_traefik_uri_without_a_host_is_refused(gw: Gateway, host: str | None) -> None:
+    """Without X-Forwarded-Host the request would be judged as one for the
+    gateway's own host name (here 'localhost', where any tier may pass)."""
+    gw.login("alice")
+    headers = {"X-Forwarded-Uri": "/admin/"}
+    if host is not None:
+        headers["X-Forwarded-Host"] = host
+    resp = gw.get("/.sso/auth", headers=headers)
+    assert resp.status_code == 403
+    assert gw.events("denied")[-1]["reason"] == "ambiguous-request"
+
+
 @pytest.mark.parametrize(
     "path",
     [
