@@ -14,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -82,8 +83,19 @@ class RedisServer:
     ``start()`` again brings it back on the same port for outage tests.
     """
 
-    def __init__(self, binary: str | None = None, *, port: int | None = None) -> None:
+    def __init__(
+        self,
+        binary: str | None = None,
+        *,
+        port: int | None = None,
+        password: str | None = None,
+        args: Sequence[str] = (),
+    ) -> None:
+        """``password`` sets ``requirepass`` (and is used for our own PINGs);
+        ``args`` are more ``redis-server`` options (e.g. ``--replicaof``)."""
         self.binary = binary or require_binary("redis-server", "needed for the Redis tests")
+        self.password = password
+        self.args = tuple(args)
         self.port = port if port is not None else free_port()
         self._port_fixed = port is not None
         self.directory = Path(tempfile.mkdtemp(prefix="ssogw-redis-"))
@@ -175,6 +187,9 @@ class RedisServer:
             "--logfile", str(self.directory / "redis.log"),
             "--daemonize", "no",
         ]  # fmt: skip
+        if self.password is not None:
+            args += ["--requirepass", self.password]
+        args += self.args
         self._process = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -195,17 +210,128 @@ class RedisServer:
     def _command(self, command: bytes) -> bytes:
         """Send one inline command and return the first line of the reply."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+            if self.password is not None:
+                sock.sendall(b"AUTH " + self.password.encode() + b"\r\n")
+                if _read_line(sock) != b"+OK":
+                    return b"-AUTH failed"
             sock.sendall(command + b"\r\n")
-            reply = b""
-            while not reply.endswith(b"\r\n"):
-                chunk = sock.recv(256)
-                if not chunk:
-                    break
-                reply += chunk
-        return reply.strip()
+            return _read_line(sock)
 
     def _log_tail(self) -> str:
         try:
             return (self.directory / "redis.log").read_text(errors="replace")[-2000:]
         except OSError:
             return "(no log)"
+
+
+def _read_line(sock: socket.socket) -> bytes:
+    """One reply line (RESP simple answers), without its CRLF."""
+    reply = b""
+    while not reply.endswith(b"\r\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            break
+        reply += chunk
+    return reply.strip()
+
+
+class SentinelServer:
+    """A private Redis Sentinel (``redis-server CONF --sentinel``) watching one
+    master, with its config file (which Sentinel rewrites) in a temp directory.
+
+    Short timings so failovers happen within seconds: the master counts as down
+    after ``down_after_ms`` without an answer; one sentinel is a quorum.
+    """
+
+    def __init__(
+        self,
+        master: RedisServer,
+        *,
+        name: str = "ssogw-master",
+        password: str | None = None,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 4000,
+    ) -> None:
+        self.binary = master.binary
+        self.master = master
+        self.name = name
+        self.password = password
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        self.port = free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix="ssogw-sentinel-"))
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self, timeout: float = 10.0) -> None:
+        if self.running:
+            return
+        for _ in range(3):
+            self._launch()
+            if self._wait_ready(timeout):
+                return
+            self.stop()
+            self.port = free_port()
+        raise RuntimeError(f"redis sentinel did not start on {self.port}:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        stop_process(process, timeout=10)
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def log_tail(self) -> str:
+        return tail(self.directory / "sentinel.log", 3000)
+
+    def _launch(self) -> None:
+        lines = [
+            f"port {self.port}",
+            "bind 127.0.0.1",
+            "daemonize no",
+            f"dir {self.directory}",
+            f"logfile {self.directory / 'sentinel.log'}",
+            f"sentinel monitor {self.name} 127.0.0.1 {self.master.port} 1",
+            f"sentinel down-after-milliseconds {self.name} {self.down_after_ms}",
+            f"sentinel failover-timeout {self.name} {self.failover_timeout_ms}",
+            f"sentinel parallel-syncs {self.name} 1",
+        ]
+        if self.master.password is not None:
+            lines.append(f"sentinel auth-pass {self.name} {self.master.password}")
+        if self.password is not None:
+            lines.append(f"requirepass {self.password}")
+        conf = self.directory / "sentinel.conf"
+        conf.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        self._process = subprocess.Popen(
+            [self.binary, str(conf), "--sentinel"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def _wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running:
+                return False
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+                    if self.password is not None:
+                        sock.sendall(b"AUTH " + self.password.encode() + b"\r\n")
+                        _read_line(sock)
+                    sock.sendall(b"PING\r\n")
+                    if _read_line(sock) == b"+PONG":
+                        return True
+            except OSError:
+                pass
+            time.sleep(0.02)
+        return False
