@@ -139,9 +139,7 @@ session:
 
 
 @pytest.fixture
-def sentinel_store(
-    sentinel_set: SentinelSet, tmp_path: Path
-) -> Iterator[Callable[[], RedisStore]]:
+def sentinel_store(sentinel_set: SentinelSet, tmp_path: Path) -> Iterator[Callable[[], RedisStore]]:
     """``make()`` -> a RedisStore built from settings naming the sentinel."""
     with sentinel_set.admin(sentinel_set.master) as admin:
         admin.flushall()
