@@ -4,7 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages the tests and benchmarks talk to (real peers, never mocks)
-SYSTEM_PACKAGES := redis-server nginx-light chromium wrk
+# (libnginx-mod-http-set-misc: set_escape_uri, as ingress-nginx uses for auth-signin's rd)
+SYSTEM_PACKAGES := redis-server nginx-light libnginx-mod-http-set-misc chromium wrk
 
 .PHONY: demo test lint typecheck layers unit bench sysdeps venv clean
 

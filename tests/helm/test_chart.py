@@ -336,14 +336,24 @@ def test_the_service_monitor_and_network_policy_select_the_gateway() -> None:
         "pbx.example.com",
     ]
     for rule in ingress["spec"]["rules"]:
-        (path,) = rule["http"]["paths"]
-        assert path["path"] == "/.sso/"
-        assert path["backend"]["service"] == {"name": FULLNAME, "port": {"name": "http"}}
+        paths = {p["path"]: p["pathType"] for p in rule["http"]["paths"]}
+        assert paths["/.sso/start"] == "Exact"
+        assert paths["/.sso/login"] == "Exact"
+        assert paths["/.sso/oidc/"] == "Prefix"
+        # never published: the forward-auth check and the cluster-internal endpoints
+        for internal in ("/.sso/auth", "/.sso/metrics", "/.sso/healthz", "/.sso/readyz"):
+            assert not [p for p in paths if internal.startswith(p) or p == internal]
+        for path in rule["http"]["paths"]:
+            assert path["backend"]["service"] == {"name": FULLNAME, "port": {"name": "http"}}
     image = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image.endswith("@sha256:" + "ab" * 32)
 
 
 # -- refusals -------------------------------------------------------------------------
+
+
+def _ingress_paths(*paths: dict[str, str]) -> dict[str, Any]:
+    return {"ingress": {"enabled": True, "hosts": ["intercom.example.com"], "paths": list(paths)}}
 
 
 @pytest.mark.parametrize(
@@ -358,6 +368,12 @@ def test_the_service_monitor_and_network_policy_select_the_gateway() -> None:
         ({"redis": {"sentinel": {"enabled": True}}}, "redis.sentinel.sentinels"),
         ({"policies": {"../escape.yaml": "routes: []\n"}}, "not a policy file name"),
         ({"ingress": {"enabled": True}}, "ingress.hosts"),
+        (_ingress_paths({"path": "/.sso/", "pathType": "Prefix"}), "/.sso/auth"),
+        (_ingress_paths({"path": "/.sso/auth", "pathType": "Exact"}), "cluster-internal"),
+        (_ingress_paths({"path": "/.sso/metrics/", "pathType": "Exact"}), "cluster-internal"),
+        (_ingress_paths({"path": "/.sso/re", "pathType": "Prefix"}), "/.sso/readyz"),
+        (_ingress_paths({"path": "/.sso/a", "pathType": "ImplementationSpecific"}), "/.sso/auth"),
+        (_ingress_paths({"path": "/", "pathType": "Prefix"}), "not a gateway page"),
         ({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}, "must not exceed"),
     ],
 )
