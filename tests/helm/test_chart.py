@@ -76,6 +76,15 @@ EXTERNAL_SECRET: dict[str, Any] = {
         "headers": {"extra": {"X-Auth-Request-Extension": ["ipPhone"]}},
     },
     "extraSecretMounts": [{"name": "ca", "secretName": "site-a-ca"}],
+    # the site's own policy files: one example file removed, one added
+    "policies": {
+        "10-intercom.yaml": None,
+        "20-pbx.yaml": (
+            "routes:\n"
+            "  - {name: pbx-admin, hosts: [pbx.site-a.example], path: /admin/, allow: [admin]}\n"
+            "  - {name: pbx, hosts: [pbx.site-a.example], path: /, allow: [operator, admin]}\n"
+        ),
+    },
 }
 
 HPA_OFF: dict[str, Any] = {
@@ -257,6 +266,12 @@ def test_deployment_security_context_and_probes(rendered: list[dict[str, Any]]) 
         assert "hostPath" not in volume
         if "secret" in volume:
             assert volume["secret"]["defaultMode"] == 0o440
+
+
+def test_policy_files_are_merged_with_the_example() -> None:
+    data = one(manifests(EXTERNAL_SECRET), "ConfigMap", f"{FULLNAME}-policies")["data"]
+    assert sorted(data) == ["00-tiers.yaml", "20-pbx.yaml"]
+    assert "pbx.site-a.example" in data["20-pbx.yaml"]
 
 
 def test_secrets_come_from_files_never_from_values(rendered: list[dict[str, Any]]) -> None:
