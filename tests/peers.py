@@ -14,11 +14,12 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
 import pytest
+import redis
 
 _SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
@@ -335,3 +336,106 @@ class SentinelServer:
                 pass
             time.sleep(0.02)
         return False
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds (Redis and OS errors count as "not yet")."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except (redis.RedisError, OSError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class SentinelGroup:
+    """A Redis master and one replica (both with ``requirepass``) and a sentinel
+    (with its own ``requirepass``) watching them: the smallest real Sentinel
+    setup.  ``start()`` returns once the replica is in sync and the sentinel
+    knows it, so a failover can promote it."""
+
+    def __init__(
+        self,
+        binary: str | None = None,
+        *,
+        name: str = "ssogw-master",
+        password: str = "data-node-pw-7f3a",  # noqa: S107 - a throwaway test server
+        sentinel_password: str = "sentinel-pw-91c2",  # noqa: S107
+    ) -> None:
+        self.binary = binary or require_binary("redis-server", "the Sentinel tests need Redis")
+        self.name = name
+        self.password = password
+        self.sentinel_password = sentinel_password
+        # no 5 s wait before the first (diskless) sync of the replica
+        self.master = RedisServer(
+            self.binary, password=password, args=["--repl-diskless-sync-delay", "0"]
+        )
+        self.replica: RedisServer | None = None
+        self.sentinel: SentinelServer | None = None
+
+    @property
+    def sentinels(self) -> list[tuple[str, int]]:
+        assert self.sentinel is not None
+        return [("127.0.0.1", self.sentinel.port)]
+
+    def start(self) -> None:
+        try:
+            self.master.start()
+            self.replica = RedisServer(
+                self.binary,
+                password=self.password,
+                args=["--replicaof", "127.0.0.1", str(self.master.port),
+                      "--masterauth", self.password],
+            )  # fmt: skip
+            self.replica.start()
+            with self.admin(self.replica) as replica:
+                wait_for(
+                    lambda: replica.info("replication")["master_link_status"] == "up",
+                    10,
+                    "the replica to sync",
+                )
+            self.sentinel = SentinelServer(
+                self.master, name=self.name, password=self.sentinel_password
+            )
+            self.sentinel.start()
+            wait_for(self._replica_known, 15, "the sentinel to see the replica")
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for part in (self.sentinel, self.replica, self.master):
+            if part is not None:
+                part.close()
+
+    def admin(self, server: RedisServer) -> redis.Redis:
+        """A plain client to one of the servers (not through the sentinel)."""
+        return redis.Redis(port=server.port, password=self.password, socket_timeout=2)
+
+    def sentinel_client(self) -> redis.Redis:
+        assert self.sentinel is not None
+        return redis.Redis(
+            port=self.sentinel.port, password=self.sentinel_password, socket_timeout=2
+        )
+
+    def master_port(self) -> int:
+        """The port of the server the sentinel calls the master right now."""
+        with self.sentinel_client() as client:
+            host, port = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.name)
+        assert host in (b"127.0.0.1", "127.0.0.1")
+        return int(port)
+
+    def flush(self) -> None:
+        with self.admin(self.master) as admin:
+            admin.flushall()
+
+    def _replica_known(self) -> bool:
+        with self.sentinel_client() as client:
+            replicas = client.sentinel_slaves(self.name)
+        return any(
+            r.get("is_slave") and not r.get("is_disconnected") and not r.get("is_sdown")
+            for r in replicas
+        )
