@@ -389,6 +389,14 @@ def _ingress_paths(*paths: dict[str, str]) -> dict[str, Any]:
         (_ingress_paths({"path": "/.sso/re", "pathType": "Prefix"}), "/.sso/readyz"),
         (_ingress_paths({"path": "/.sso/a", "pathType": "ImplementationSpecific"}), "/.sso/auth"),
         (_ingress_paths({"path": "/", "pathType": "Prefix"}), "not a gateway page"),
+        # values.schema.json: typos and wrong types are refused, not silently ignored
+        ({"replicas": 3}, "additional properties 'replicas' not allowed"),
+        ({"replicaCount": "two"}, "want integer"),
+        ({"redis": {"sentinel": {"sentinels": "redis:26379"}}}, "want array"),
+        ({"redis": {"url": "http://redis:6379"}}, "does not match pattern"),
+        ({"secrets": {"existingsecret": "x"}}, "additional properties 'existingsecret'"),
+        ({"image": {"digest": "latest"}}, "does not match pattern"),
+        ({"containerPort": 80}, "minimum"),
         ({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}, "must not exceed"),
     ],
 )
