@@ -35,6 +35,7 @@ from tests.integration.conftest import (
     start_gateway,
     submit_login,
 )
+from tests.peers import free_port
 
 pytestmark = pytest.mark.nginx
 
@@ -261,6 +262,34 @@ def test_internal_gateway_endpoints_are_not_published(
     )
     assert answer.status_code == 302
     assert urlsplit(answer.headers["Location"]).path == "/.sso/start"
+    assert upstream.seen == []
+
+
+def test_no_answer_from_the_gateway_fails_closed(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    nginx_binary: str,
+    upstream: EchoUpstream,
+    client: requests.Session,
+) -> None:
+    """The controller turns anything but 2xx/401/403 (here: nobody listening) into 500."""
+    require_modules()
+    nginx = ControllerNginx(
+        tmp_path,
+        {
+            "GATEWAY": f"127.0.0.1:{free_port()}",
+            "UPSTREAM": upstream.address,
+            "SERVER_NAME": "127.0.0.1",
+            "AUTH_URL": f"http://127.0.0.1:{free_port()}/.sso/auth?host=$host",
+            "AUTH_SIGNIN": "$scheme://$http_host/.sso/start",
+        },
+        template=CONTROLLER_CONF,
+        binary=nginx_binary,
+    )
+    request.addfinalizer(nginx.stop)
+    nginx.start()
+    answer = client.get(nginx.url + "/console/", allow_redirects=False)
+    assert answer.status_code == 500
     assert upstream.seen == []
 
 
