@@ -7,7 +7,8 @@ STAMP  := $(VENV)/.installed
 OP_DIR     := tests/oidc_op
 NODE_STAMP := $(OP_DIR)/node_modules/.installed
 # Debian packages the tests and benchmarks talk to (real peers, never mocks)
-SYSTEM_PACKAGES := redis-server nginx-light chromium wrk nodejs npm xmlsec1
+# (libnginx-mod-http-set-misc: set_escape_uri, as ingress-nginx uses for auth-signin's rd)
+SYSTEM_PACKAGES := redis-server nginx-light libnginx-mod-http-set-misc chromium wrk nodejs npm xmlsec1
 
 .PHONY: demo test lint typecheck layers unit bench sysdeps venv clean
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # the real imports happen inside create_app, after gunicorn's
     # gevent worker has monkey-patched the process (importing redis/ssl earlier
     # in the arbiter makes gevent warn and can break TLS)
     from flask import Flask
+    from pydantic import SecretStr
 
     from gateway.audit import AuditLog
     from gateway.core.policy import PolicySet
@@ -200,15 +201,32 @@ def _build_store(settings: Settings) -> SessionStore:
     from gateway.sessions.memory_store import MemoryStore
     from gateway.sessions.redis_store import RedisStore
 
-    if settings.session.store == "redis":
-        assert settings.session.redis_url is not None  # checked by settings
+    session = settings.session
+    if session.store == "redis":
+        sentinel = session.redis_sentinel
+        if sentinel is not None:
+            return RedisStore.from_sentinel(
+                sentinel.master,
+                sentinel.addresses(),
+                db=sentinel.db,
+                username=sentinel.username,
+                password=_secret(sentinel.password),
+                sentinel_username=sentinel.sentinel_username,
+                sentinel_password=_secret(sentinel.sentinel_password),
+                socket_timeout=session.redis_socket_timeout,
+            )
+        assert session.redis_url is not None  # checked by settings
         return RedisStore(
-            settings.session.redis_url.get_secret_value(),
-            socket_timeout=settings.session.redis_socket_timeout,
+            session.redis_url.get_secret_value(),
+            socket_timeout=session.redis_socket_timeout,
         )
     if settings.session.store == "memory":
         return MemoryStore()
     return FileStore(settings.sessions_dir)
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
 
 
 def _secret_key(settings: Settings, data_dir: Path) -> str:

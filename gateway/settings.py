@@ -19,6 +19,7 @@ Where values come from, in order of precedence:
 from __future__ import annotations
 
 import os
+import re
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -56,9 +57,48 @@ class CookieSettings(_Model):
     samesite: Literal["Lax", "Strict"] = "Lax"
 
 
+_SENTINEL_ADDRESS = re.compile(
+    r"(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])(?::(?P<port>[0-9]{1,5}))?"
+)
+
+
+def parse_sentinel_address(text: str) -> tuple[str, int]:
+    """``host[:port]`` (an IPv6 literal in brackets; port 26379 when left out)."""
+    match = _SENTINEL_ADDRESS.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not host[:port]")
+    port = int(match.group("port") or 26379)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{text!r}: the port must be 1-65535")
+    return match.group("host").strip("[]"), port
+
+
+class RedisSentinelSettings(_Model):
+    """Where Redis Sentinel is asked for the current master (instead of redis_url)."""
+
+    master: str = Field(pattern=r"^[A-Za-z0-9._-]{1,128}$")  # the name sentinels monitor
+    sentinels: tuple[str, ...] = Field(min_length=1, max_length=16)  # host[:port]
+    db: int = Field(default=0, ge=0, le=1023)
+    username: str | None = None  # ACL user on the master/replicas
+    password: SecretStr | None = None  # password of the master/replicas (requirepass)
+    sentinel_username: str | None = None
+    sentinel_password: SecretStr | None = None  # the sentinels' own requirepass
+
+    @field_validator("sentinels")
+    @classmethod
+    def _addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            parse_sentinel_address(item)
+        return value
+
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        return tuple(parse_sentinel_address(item) for item in self.sentinels)
+
+
 class SessionSettings(_Model):
     store: Literal["file", "redis", "memory"] = "file"
     redis_url: SecretStr | None = None
+    redis_sentinel: RedisSentinelSettings | None = None
     file_dir: Path | None = None
     idle_timeout: int = Field(default=900, ge=30)
     absolute_lifetime: int = Field(default=28800, ge=60)
@@ -207,8 +247,6 @@ class Settings(_Model):
 
 
 def _check_header_name(value: str) -> str:
-    import re
-
     if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", value):
         raise ValueError("a header name is letters, digits and '-' only")
     return value
@@ -342,8 +380,18 @@ def _annotation(parts: list[str]) -> Any:
         fields = getattr(node, "model_fields", None)
         if fields is None or part not in fields or part == "source":
             return _NOT_A_SETTING
-        node = fields[part].annotation
+        node = _unwrap_optional(fields[part].annotation)
     return node
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    """``X | None`` -> ``X`` (an optional section such as session.redis_sentinel)."""
+    args = typing.get_args(annotation)
+    if args and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1:
+            return rest[0]
+    return annotation
 
 
 def _is_setting(parts: list[str]) -> bool:
@@ -396,8 +444,19 @@ def _reason(err: Mapping[str, Any]) -> str:
 def _cross_checks(settings: Settings) -> list[Problem]:
     problems: list[Problem] = []
     src = settings.source
-    if settings.session.store == "redis" and settings.session.redis_url is None:
-        problems.append(Problem(src, "session.redis_url", "required when session.store is 'redis'"))
+    session = settings.session
+    if session.store == "redis" and session.redis_url is None and session.redis_sentinel is None:
+        problems.append(
+            Problem(
+                src,
+                "session.redis_url",
+                "required when session.store is 'redis' (or give session.redis_sentinel)",
+            )
+        )
+    if session.redis_url is not None and session.redis_sentinel is not None:
+        problems.append(
+            Problem(src, "session.redis_sentinel", "give session.redis_url or this, not both")
+        )
     if settings.session.idle_timeout > settings.session.absolute_lifetime:
         problems.append(
             Problem(src, "session.idle_timeout", "must not exceed session.absolute_lifetime")

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Install the Debian packages the test suite needs, when we can (root + apt-get).
-# Each package is checked by its main command first, so a prepared machine does
-# not run apt at all.
+# Each package is checked by its main command (or, for an nginx module, its file)
+# first, so a prepared machine does not run apt at all.
 set -eu
 missing=""
 for pkg in "$@"; do
@@ -11,11 +11,16 @@ for pkg in "$@"; do
     chromium) cmd=chromium ;;
     wrk) cmd=wrk ;;
     nodejs) cmd=node ;;
+    libnginx-mod-http-set-misc) cmd=/usr/lib/nginx/modules/ngx_http_set_misc_module.so ;;
     *) cmd="$pkg" ;;
   esac
-  if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ]; then
-    missing="$missing $pkg"
-  fi
+  case "$cmd" in
+    /*) [ -e "$cmd" ] || missing="$missing $pkg" ;;
+    *)
+      if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ]; then
+        missing="$missing $pkg"
+      fi ;;
+  esac
 done
 if [ -z "$missing" ]; then
   exit 0

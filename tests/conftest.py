@@ -12,10 +12,10 @@ from gateway.sessions.file_store import FileStore
 from gateway.sessions.memory_store import MemoryStore
 from gateway.sessions.redis_store import RedisStore
 from gateway.sessions.store import SessionStore
-from tests.peers import RedisServer, require_binary
+from tests.peers import RedisServer, SentinelGroup, require_binary
 
 StoreFactory = Callable[..., SessionStore]
-STORE_KINDS = ("memory", "file", "redis")
+STORE_KINDS = ("memory", "file", "redis", "sentinel")
 
 
 @pytest.fixture(scope="session")
@@ -38,9 +38,29 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
+@pytest.fixture(scope="session")
+def redis_sentinel_group() -> Iterator[SentinelGroup]:
+    """A private Redis master, replica and sentinel for the whole run."""
+    binary = require_binary("redis-server", "the Redis Sentinel tests need a real Redis")
+    group = SentinelGroup(binary)
+    group.start()
+    try:
+        yield group
+    finally:
+        group.close()
+
+
+@pytest.fixture
+def sentinel_group(redis_sentinel_group: SentinelGroup) -> SentinelGroup:
+    """The shared Sentinel group, its master empty for this test."""
+    redis_sentinel_group.flush()
+    return redis_sentinel_group
+
+
 @pytest.fixture
 def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
-    """``store_factory(kind, **options)`` builds a store ("memory", "file" or "redis").
+    """``store_factory(kind, **options)`` builds a store ("memory", "file", "redis", or
+    "sentinel": the Redis store built through a real Redis Sentinel).
 
     Stores of the same kind made in one test share their data (same directory,
     same Redis), like a restarted process would; all are closed afterwards.
@@ -55,6 +75,15 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[St
             store = FileStore(tmp_path / "store", **options)
         elif kind == "redis":
             store = RedisStore(request.getfixturevalue("redis_url"), **options)
+        elif kind == "sentinel":
+            group: SentinelGroup = request.getfixturevalue("sentinel_group")
+            store = RedisStore.from_sentinel(
+                group.name,
+                group.sentinels,
+                password=group.password,
+                sentinel_password=group.sentinel_password,
+                **options,
+            )
         else:
             raise ValueError(f"unknown store kind {kind!r}")
         made.append(store)

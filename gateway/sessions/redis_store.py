@@ -20,6 +20,13 @@ is built so that no call waits much longer than ``socket_timeout``: connect and
 read timeouts are both ``socket_timeout``, a dropped connection is retried once
 at once (timeouts are not retried), idle pooled connections are PINGed before
 reuse after 30 s, and the pool reconnects by itself when Redis comes back.
+
+:meth:`RedisStore.from_sentinel` builds the same store on a client that asks
+Redis Sentinel for the current master before each new connection.  After a
+failover the first command on a connection to the demoted master fails
+(``READONLY`` or a dropped link), redis-py asks the sentinels again and the
+single retry goes to the new master; the invalidation feed is cut by the
+sentinels' reconfiguration and resubscribes on the new master by itself.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -40,6 +47,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from gateway.core.errors import StoreUnavailable
 
@@ -112,23 +120,65 @@ class RedisStore:
         self._where = _redact(url)
         self._prefix = _raw(prefix)
         self._owns_client = client is None
+        self._sentinel: Sentinel | None = None
         if client is None:
-            client = redis.Redis.from_url(
-                url,
-                socket_timeout=socket_timeout,
-                socket_connect_timeout=socket_timeout,
-                retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
-                health_check_interval=_HEALTH_CHECK_INTERVAL,
-                protocol=2,
-                decode_responses=False,
-                client_name="ssogw-sessions",
-                # RESP3 maintenance notifications would stretch timeouts to 10 s+
-                maint_notifications_config=MaintNotificationsConfig(enabled=False),
-            )
+            client = redis.Redis.from_url(url, **_client_options(socket_timeout))
         self._redis = client
         self._touch = client.register_script(_TOUCH_LUA)
         self._channel = self._prefix + _CHANNEL
         self._feed: _InvalidationListener | None = None
+
+    @classmethod
+    def from_sentinel(
+        cls,
+        master: str,
+        sentinels: Sequence[tuple[str, int]],
+        *,
+        db: int = 0,
+        username: str | None = None,
+        password: str | None = None,
+        sentinel_username: str | None = None,
+        sentinel_password: str | None = None,
+        prefix: str = "ssogw:",
+        socket_timeout: float = 1.0,
+    ) -> RedisStore:
+        """A store on the master that ``sentinels`` name for ``master``.
+
+        ``username``/``password`` are for the Redis servers (master and
+        replicas), ``sentinel_username``/``sentinel_password`` for the sentinels
+        themselves (their own ``requirepass``)."""
+        if not sentinels:
+            raise ValueError("at least one sentinel address is needed")
+        if not (math.isfinite(socket_timeout) and socket_timeout > 0):
+            raise ValueError(f"socket_timeout must be a positive number, not {socket_timeout!r}")
+        where = "redis+sentinel://{}/{}/{}".format(
+            ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in sentinels), master, db
+        )
+        manager = Sentinel(  # type: ignore[no-untyped-call]
+            list(sentinels),
+            sentinel_kwargs={
+                "socket_timeout": socket_timeout,
+                "socket_connect_timeout": socket_timeout,
+                "username": sentinel_username,
+                "password": sentinel_password,
+                "protocol": 2,
+                "client_name": "ssogw-sentinel",
+                # no backoff: the next sentinel in the list is asked at once
+                "retry": Retry(NoBackoff(), 0),
+            },
+        )
+        client: redis.Redis = manager.master_for(  # type: ignore[no-untyped-call]
+            master,
+            redis_class=redis.Redis,
+            db=db,
+            username=username,
+            password=password,
+            **_client_options(socket_timeout),
+        )
+        store = cls(where, prefix=prefix, socket_timeout=socket_timeout, client=client)
+        store._owns_client = True
+        store._sentinel = manager
+        return store
 
     @classmethod
     def from_url(
@@ -303,6 +353,9 @@ class RedisStore:
         if self._owns_client:
             with self._guard("close"):
                 self._redis.close()
+        if self._sentinel is not None:
+            with self._guard("close"):
+                self._sentinel.close()
 
     # -- internals ------------------------------------------------------------------
     def _key(self, namespace: bytes, key: str) -> bytes:
@@ -350,6 +403,21 @@ class RedisStore:
             return raw.decode("utf-8", "surrogatepass")
         except UnicodeDecodeError:
             raise self._garbage("a key name") from None
+
+
+def _client_options(socket_timeout: float) -> dict[str, Any]:
+    """Connection options shared by the URL- and the Sentinel-built client."""
+    return {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": socket_timeout,
+        "retry": Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+        "health_check_interval": _HEALTH_CHECK_INTERVAL,
+        "protocol": 2,
+        "decode_responses": False,
+        "client_name": "ssogw-sessions",
+        # RESP3 maintenance notifications would stretch timeouts to 10 s+
+        "maint_notifications_config": MaintNotificationsConfig(enabled=False),
+    }
 
 
 def _as_bytes(name: bytes | str) -> bytes:

@@ -104,6 +104,7 @@ def original_request(svc: Services, req: Request) -> Judged:
                 or "GET"
             )
             raw = raw_uri.split("?", 1)[0]
+            _check_pinned_host(req, host)
             return Judged(_info(host, raw, method, ip, scheme.lower()), True)
         uri = headers.get("X-Forwarded-Uri")
         fhost = headers.get("X-Forwarded-Host")
@@ -117,6 +118,7 @@ def original_request(svc: Services, req: Request) -> Judged:
             scheme = (headers.get("X-Forwarded-Proto") or req.scheme).split(",")[0].strip()
             method = headers.get("X-Forwarded-Method") or "GET"
             host = (fhost or req.host or "").split(",")[0].strip()
+            _check_pinned_host(req, host)
             return Judged(_info(host, raw, method, ip, scheme), True)
     environ = req.environ
     raw_uri = (
@@ -126,6 +128,32 @@ def original_request(svc: Services, req: Request) -> Judged:
     )
     raw = raw_uri.split("?", 1)[0]
     return Judged(_info(req.host, raw, req.method, ip, req.scheme), False)
+
+
+def _check_pinned_host(req: Request, host: str) -> None:
+    """``/.sso/auth?host=NAME`` (set by the proxy in its auth URL, e.g. ingress-nginx
+    ``auth-url: http://gateway/.sso/auth?host=$host``) names the host whose server
+    block asks.  The original request's host must be that one (case and port
+    ignored), or the request is refused as ambiguous: ingress-nginx builds
+    X-Original-URL from the client's Host header, which an absolute-form request
+    line (``GET https://a.example/admin/`` with ``Host: b.example``) can make
+    differ from the host nginx routed by, and b.example's routes must never judge
+    a request for a.example."""
+    pinned = req.args.getlist("host")
+    if not pinned:
+        return
+    if len(pinned) != 1 or not _HOST.match(pinned[0].strip()):
+        raise AmbiguousPath("the auth URL's host parameter is not one host name")
+    if _hostname(pinned[0]) != _hostname(host):
+        raise AmbiguousPath("the original URL names another host than the one the proxy routed")
+
+
+def _hostname(host: str) -> str:
+    """Lower-case host without its port (an IPv6 literal keeps its brackets)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0] if ":" in host else host
 
 
 def untrusted_forward_headers(svc: Services, req: Request) -> list[str]:

@@ -1,7 +1,8 @@
 """The SessionStore contract, run against every implementation.
 
 The same tests run against the in-process store, the on-disk store (in tmp_path)
-and the Redis store (against a real, private redis-server); backend-specific
+and the Redis store (against a real, private redis-server, once with a URL and
+once found through a real Redis Sentinel); backend-specific
 tests (file layout, corruption, cross-process atomicity, Redis outages) follow.
 """
 
@@ -38,8 +39,17 @@ SHORT = 0.3  # ttl of entries that a test lets expire
 PAST = 0.45  # a sleep after which SHORT entries are gone
 LONG = 60.0
 
-KINDS = ["memory", "file", pytest.param("redis", marks=pytest.mark.redis)]
-PERSISTENT = ["file", pytest.param("redis", marks=pytest.mark.redis)]
+KINDS = [
+    "memory",
+    "file",
+    pytest.param("redis", marks=pytest.mark.redis),
+    pytest.param("sentinel", marks=pytest.mark.redis),  # the Redis store through Sentinel
+]
+PERSISTENT = [
+    "file",
+    pytest.param("redis", marks=pytest.mark.redis),
+    pytest.param("sentinel", marks=pytest.mark.redis),
+]
 
 HOSTILE_KEYS = [
     "../../etc/passwd",

@@ -469,8 +469,98 @@ def test_redis_store_needs_a_url(tmp_path: Path) -> None:
     config = write_config(tmp_path, "session:\n  store: redis\n")
     (problem,) = problems(config)
     assert problem == Problem(
-        str(config), "session.redis_url", "required when session.store is 'redis'"
+        str(config),
+        "session.redis_url",
+        "required when session.store is 'redis' (or give session.redis_sentinel)",
     )
+
+
+SENTINEL_CONFIG = """\
+session:
+  store: redis
+  redis_sentinel:
+    master: redis-ha
+    sentinels: [redis-0.redis-headless:26379, "10.0.0.7", "[fd00::7]:26380"]
+    db: 3
+    password: {env: REDIS_PASSWORD}
+"""
+
+
+def test_redis_sentinel_section(tmp_path: Path) -> None:
+    secret_file = tmp_path / "sentinel-password"
+    secret_file.write_text("sentinel-secret-value\n", encoding="utf-8")
+    settings = load_settings(
+        write_config(tmp_path, SENTINEL_CONFIG),
+        environ={
+            "REDIS_PASSWORD": "redis-secret-value",
+            # a secret file through the environment, as the Helm chart passes it
+            "SSO_GATEWAY__SESSION__REDIS_SENTINEL__SENTINEL_PASSWORD_FILE": str(secret_file),
+            "SSO_GATEWAY__SESSION__REDIS_SENTINEL__SENTINEL_USERNAME": "watcher",
+        },
+    )
+    sentinel = settings.session.redis_sentinel
+    assert sentinel is not None
+    assert settings.session.redis_url is None
+    assert sentinel.master == "redis-ha"
+    assert sentinel.db == 3
+    assert sentinel.addresses() == (
+        ("redis-0.redis-headless", 26379),
+        ("10.0.0.7", 26379),
+        ("fd00::7", 26380),
+    )
+    assert sentinel.password is not None
+    assert sentinel.password.get_secret_value() == "redis-secret-value"
+    assert sentinel.sentinel_password is not None
+    assert sentinel.sentinel_password.get_secret_value() == "sentinel-secret-value"
+    assert sentinel.sentinel_username == "watcher"
+    for text in (repr(settings), settings.model_dump_json()):
+        assert "secret-value" not in text
+
+
+def test_redis_sentinel_addresses_from_the_environment() -> None:
+    settings = load_settings(
+        None,
+        environ={
+            "SSO_GATEWAY__SESSION__STORE": "redis",
+            "SSO_GATEWAY__SESSION__REDIS_SENTINEL__MASTER": "mymaster",
+            "SSO_GATEWAY__SESSION__REDIS_SENTINEL__SENTINELS": "[s1:26379, s2:26379]",
+        },
+    )
+    assert settings.session.redis_sentinel is not None
+    assert settings.session.redis_sentinel.sentinels == ("s1:26379", "s2:26379")
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        ("    master: m\n    sentinels: []\n", "session.redis_sentinel.sentinels"),
+        ("    master: m\n", "session.redis_sentinel.sentinels"),
+        ("    sentinels: [s:1]\n", "session.redis_sentinel.master"),
+        ("    master: 'm x'\n    sentinels: [s:1]\n", "session.redis_sentinel.master"),
+        ("    master: m\n    sentinels: ['s:0']\n", "session.redis_sentinel.sentinels"),
+        ("    master: m\n    sentinels: ['s:99999']\n", "session.redis_sentinel.sentinels"),
+        ("    master: m\n    sentinels: ['s:1/x']\n", "session.redis_sentinel.sentinels"),
+        ("    master: m\n    sentinels: ['u@s:1']\n", "session.redis_sentinel.sentinels"),
+        ("    master: m\n    sentinels: ['[::1']\n", "session.redis_sentinel.sentinels"),
+        ("    master: m\n    sentinels: [s]\n    tls: true\n", "session.redis_sentinel.tls"),
+        ("    master: m\n    sentinels: [s]\n    db: -1\n", "session.redis_sentinel.db"),
+    ],
+)
+def test_bad_redis_sentinel_sections(tmp_path: Path, body: str, key: str) -> None:
+    config = write_config(tmp_path, "session:\n  store: redis\n  redis_sentinel:\n" + body)
+    found = problems(config)
+    assert key in by_key(found), found
+
+
+def test_redis_url_and_sentinel_are_not_both_allowed(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        "session:\n  store: redis\n  redis_url: redis://r:6379/0\n"
+        "  redis_sentinel: {master: m, sentinels: [s]}\n",
+    )
+    (problem,) = problems(config)
+    assert problem.key_path == "session.redis_sentinel"
+    assert "not both" in problem.reason
 
 
 def test_idle_timeout_may_not_exceed_the_absolute_lifetime(tmp_path: Path) -> None:
