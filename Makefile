@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages the tests and benchmarks talk to (real peers, never mocks)
-SYSTEM_PACKAGES := redis-server nginx-light chromium wrk
+SYSTEM_PACKAGES := redis-server nginx-light chromium wrk samba-ad-dc samba-ad-provision
 
 .PHONY: demo test lint typecheck layers unit bench sysdeps venv clean
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the real imports happen inside create_app, after gunicorn's
 
     from gateway.audit import AuditLog
     from gateway.core.policy import PolicySet
+    from gateway.providers.ldap import LdapDirectory
     from gateway.sessions.store import SessionStore
     from gateway.settings import Settings
 
@@ -74,6 +75,8 @@ def create_app(
             run=Offloader(limit=2),  # argon2 off the event loop, two at a time
         )
 
+    ldap = _build_ldap(settings, audit) if settings.providers.ldap is not None else None
+
     signer = None
     if settings.jwt.enabled:
         signer = AssertionSigner(
@@ -123,7 +126,29 @@ def create_app(
         identity_header_names=frozenset(n.lower() for n in settings.headers.all_names()),
         audit_limiter=AuditLimiter(interval=60.0),
         header_cache=IdentityHeaderCache(settings.headers),
+        password_login=local_users,
     )
+
+    if ldap is not None:  # Active Directory: the form's provider, groups, deprovisioning
+        from gateway.deprovision import DeprovisionWatcher
+        from gateway.providers.ldap import LdapPasswordProvider
+        from gateway.providers.ldap_groups import DirectoryGroupResolver
+
+        services.directory = DirectoryGroupResolver(ldap)
+        if settings.providers.default == "ldap":
+            services.password_login = LdapPasswordProvider(ldap)
+        assert settings.providers.ldap is not None
+        if settings.providers.ldap.deprovision.enabled:
+            signer_ = services.signer
+            services.deprovision = DeprovisionWatcher(
+                ldap,
+                services.sessions,
+                store,
+                audit,
+                holder,
+                clock=clock,
+                forget=signer_.forget if signer_ is not None else None,
+            )
 
     app = Flask(__name__, template_folder="templates", static_folder=None)
     app.config.update(MAX_CONTENT_LENGTH=64 * 1024)
@@ -154,6 +179,17 @@ class StripIdentityHeaders:
         for key in self.keys:
             environ.pop(key, None)
         return self.app(environ, start_response)
+
+
+def _build_ldap(settings: Settings, audit: AuditLog) -> LdapDirectory:
+    from gateway.providers.ldap import LdapDirectory
+
+    cfg = settings.providers.ldap
+    assert cfg is not None
+    if cfg.transport == "plain":
+        audit.emit("insecure_ldap_enabled", reason="providers.ldap.transport is plain")
+    ca = settings.resolve_path(cfg.ca_bundle) if cfg.ca_bundle is not None else None
+    return LdapDirectory(cfg, ca_bundle=str(ca) if ca is not None else None)
 
 
 def _build_store(settings: Settings) -> SessionStore:

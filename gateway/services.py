@@ -9,9 +9,12 @@ from dataclasses import dataclass
 from gateway.assertion import AssertionSigner
 from gateway.audit import AuditLimiter, AuditLog
 from gateway.core.network import TrustedProxies
+from gateway.deprovision import DeprovisionWatcher
 from gateway.identity_headers import IdentityHeaderCache
 from gateway.policy_holder import PolicyHolder
+from gateway.providers.ldap_groups import DirectoryGroupResolver
 from gateway.providers.local import LocalUsersProvider
+from gateway.providers.password import PasswordProvider
 from gateway.sessions.manager import SessionManager
 from gateway.sessions.store import SessionStore
 from gateway.settings import Settings
@@ -39,3 +42,8 @@ class Services:
     audit_limiter: AuditLimiter
     # identity headers per (session, tier, JWT), rebuilt when the JWT is renewed
     header_cache: IdentityHeaderCache
+    # the provider behind the /.sso/login form (local users or LDAP), if any
+    password_login: PasswordProvider | None = None
+    # Active Directory over LDAP: nested groups for any provider, deprovisioning
+    directory: DirectoryGroupResolver | None = None
+    deprovision: DeprovisionWatcher | None = None

@@ -19,6 +19,7 @@ Where values come from, in order of precedence:
 from __future__ import annotations
 
 import os
+import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from gateway.core.errors import ConfigError, Problem, key_path
 from gateway.core.network import parse_networks
+from gateway.settings_ldap import LdapProviderSettings
 
 ENV_PREFIX = "SSO_GATEWAY__"
 CONFIG_ENV = "SSO_GATEWAY_CONFIG"
@@ -124,8 +126,9 @@ class LocalProviderSettings(_Model):
 
 
 class ProviderSettings(_Model):
-    default: Literal["local"] = "local"
+    default: Literal["local", "ldap"] = "local"
     local: LocalProviderSettings = LocalProviderSettings()
+    ldap: LdapProviderSettings | None = None
 
 
 class LoginSettings(_Model):
@@ -315,6 +318,8 @@ def _annotation(parts: list[str]) -> Any:
         if fields is None or part not in fields or part == "source":
             return _NOT_A_SETTING
         node = fields[part].annotation
+        if typing.get_origin(node) in (typing.Union, types.UnionType):  # X | None
+            node = next(a for a in typing.get_args(node) if a is not type(None))
     return node
 
 
@@ -376,6 +381,8 @@ def _cross_checks(settings: Settings) -> list[Problem]:
         )
     if settings.cookie.domain is not None and not settings.cookie.domain.strip("."):
         problems.append(Problem(src, "cookie.domain", "must name a domain"))
+    if settings.providers.default == "ldap" and settings.providers.ldap is None:
+        problems.append(Problem(src, "providers.ldap", "required when providers.default is 'ldap'"))
     if settings.redirects.default and not settings.redirects.default.startswith("/"):
         problems.append(Problem(src, "redirects.default", "must be a path starting with '/'"))
     return problems

@@ -10,6 +10,8 @@ for pkg in "$@"; do
     nginx-light|nginx) cmd=nginx ;;
     chromium) cmd=chromium ;;
     wrk) cmd=wrk ;;
+    samba-ad-dc) cmd=samba ;;  # the Samba AD domain controller (tests/samba_ad.py)
+    samba-ad-provision) cmd=samba-tool ;;
     *) cmd="$pkg" ;;
   esac
   if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ]; then

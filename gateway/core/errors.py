@@ -5,6 +5,7 @@ GatewayError
  +-- AmbiguousPath          a request path that could be read two ways; refused, not guessed
  +-- UnsafeRedirect         a redirect target that is neither same-site nor allow-listed
  +-- StoreUnavailable       the session store cannot be reached; callers fail closed (503)
+ +-- ProviderUnavailable    an identity provider / directory cannot be reached (503)
  +-- AuthenticationFailed   a login attempt failed; ``reason`` is for the audit log only
       +-- Throttled         too many failed attempts for this user or client address
 """
@@ -58,6 +59,11 @@ class UnsafeRedirect(GatewayError):
 
 class StoreUnavailable(GatewayError):
     """The session store could not be reached or answered garbage."""
+
+
+class ProviderUnavailable(GatewayError):
+    """An identity provider or directory could not be reached or refused the
+    gateway itself (not the person); callers fail closed."""
 
 
 class AuthenticationFailed(GatewayError):
