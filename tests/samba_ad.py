@@ -54,6 +54,7 @@ ELSEWHERE = f"OU=Elsewhere,{BASE}"
 GROUPS = f"OU=Groups,{BASE}"
 SERVICE = f"OU=Service,{BASE}"
 SERVICE_DN = f"CN=svc-gateway,{SERVICE}"
+ADMIN_DN = f"CN=Administrator,CN=Users,{DOMAIN_DN}"
 LDAP_PORT, LDAPS_PORT = 389, 636
 
 UAC_NORMAL = 0x200
@@ -306,6 +307,14 @@ class SambaAD:
         finally:
             if own:
                 conn.unbind()
+
+    def create_group(self, name: str, *, member_of: Iterable[str] = ()) -> str:
+        dn = f"CN={name},{GROUPS}"
+        with self.admin() as conn:
+            conn.add(dn, ["top", "group"], {"sAMAccountName": name, "groupType": -2147483646})
+            for parent in member_of:
+                self._member(conn, f"CN={parent},{GROUPS}", dn, True)
+        return dn
 
     def set_disabled(self, dn: str, disabled: bool) -> None:
         self._modify(dn, {"userAccountControl": [UAC_NORMAL | (UAC_DISABLED if disabled else 0)]})

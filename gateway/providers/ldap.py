@@ -266,8 +266,8 @@ class DirectoryReader:
                 if item.get("type") == "searchResEntry"
             ]
             out.extend(page)
-            if count:
-                self._directory.record(searches=1, entries=len(page))
+            # every request counts as a search; the rootDSE is not a directory entry
+            self._directory.record(searches=1, entries=len(page) if count else 0)
             paged = (result.get("controls") or {}).get("1.2.840.113556.1.4.319")
             cookie = paged["value"]["cookie"] if paged else None
             if not cookie or code == 4:

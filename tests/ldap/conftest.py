@@ -64,6 +64,8 @@ def ldap_yaml(
     servers: str = '["localhost:636"]',
     transport: str = "ldaps",
     extra: str = "",
+    deprovision: str = "{interval: 1, full_check_interval: 3600}",
+    bind_dn: str = SERVICE_DN,
 ) -> str:
     return (
         "providers:\n"
@@ -72,12 +74,12 @@ def ldap_yaml(
         f"    servers: {servers}\n"
         f"    transport: {transport}\n"
         f"    ca_bundle: {ca_file}\n"
-        f'    bind_dn: "{SERVICE_DN}"\n'
+        f'    bind_dn: "{bind_dn}"\n'
         f"    bind_password: {{file: {secret_file}}}\n"
         f'    base_dns: ["{PEOPLE}"]\n'
         "    connect_timeout: 2\n"
         "    timeout: 3\n"
-        "    deprovision: {interval: 1, full_check_interval: 3600}\n" + extra
+        f"    deprovision: {deprovision}\n" + extra
     )
 
 
@@ -99,6 +101,9 @@ def make_ldap_gateway(tmp_path: Path, samba: SambaAD) -> Iterator[LdapGatewayFac
         login_yaml: str = "login:\n  max_user_failures: 3\n  max_client_failures: 50\n",
         clock: Clock | None = None,
         store: str = "file",
+        deprovision: str = "{interval: 1, full_check_interval: 3600}",
+        bind_dn: str = SERVICE_DN,
+        secret_file: Path | None = None,
     ) -> Gateway:
         site = tmp_path / f"site{len(made)}"
         policies = site / "policies"
@@ -113,7 +118,13 @@ def make_ldap_gateway(tmp_path: Path, samba: SambaAD) -> Iterator[LdapGatewayFac
             "redirects:\n  allowed_domains: [intercom.test]\n"
             + login_yaml
             + ldap_yaml(
-                ca_file or samba.ca_file, secret, servers=servers, transport=transport, extra=extra
+                ca_file or samba.ca_file,
+                secret_file or secret,
+                servers=servers,
+                transport=transport,
+                extra=extra,
+                deprovision=deprovision,
+                bind_dn=bind_dn,
             ),
             encoding="utf-8",
         )
