@@ -285,3 +285,14 @@ def test_check_validates_the_ldap_settings(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_settings(config)
     assert "required when providers.default is 'ldap'" in str(err.value)
+
+
+def test_pooled_connections_survive_a_domain_controller_restart(
+    ad: SambaAD, make_ldap_gateway: LdapGatewayFactory
+) -> None:
+    gw = make_ldap_gateway()
+    assert gw.login("bob", USER_PASSWORD).status_code == 303
+    ad.restart(strong_auth=False)  # every pooled connection is now dead
+    gw.logout()
+    assert gw.login("alice", USER_PASSWORD).status_code == 303
+    assert _info(gw)["tier"] == "operator"
