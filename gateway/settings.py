@@ -370,6 +370,18 @@ def _reason(err: Mapping[str, Any]) -> str:
     return msg.removeprefix("Value error, ")
 
 
+def _check_ca_bundle(src: str, path: Path) -> list[Problem]:
+    """The LDAP CA bundle must be a readable PEM file with at least one certificate."""
+    import ssl
+
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return [Problem(src, "providers.ldap.ca_bundle", f"cannot load {path}: {reason}")]
+    return []
+
+
 def _cross_checks(settings: Settings) -> list[Problem]:
     problems: list[Problem] = []
     src = settings.source
@@ -383,6 +395,9 @@ def _cross_checks(settings: Settings) -> list[Problem]:
         problems.append(Problem(src, "cookie.domain", "must name a domain"))
     if settings.providers.default == "ldap" and settings.providers.ldap is None:
         problems.append(Problem(src, "providers.ldap", "required when providers.default is 'ldap'"))
+    ldap = settings.providers.ldap
+    if ldap is not None and ldap.ca_bundle is not None:
+        problems.extend(_check_ca_bundle(src, settings.resolve_path(ldap.ca_bundle)))
     if settings.redirects.default and not settings.redirects.default.startswith("/"):
         problems.append(Problem(src, "redirects.default", "must be a path starting with '/'"))
     return problems

@@ -141,6 +141,13 @@ def guid_filter_value(guid: str) -> str:
     return str(escape_bytes(uuid.UUID(guid).bytes_le))
 
 
+def _int(text: str, otherwise: int) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        return otherwise
+
+
 def _text(values: Sequence[bytes]) -> str:
     return values[0].decode("utf-8", "replace") if values else ""
 
@@ -166,8 +173,9 @@ def _entry(dn: str, raw: dict[str, list[bytes]]) -> DirectoryEntry:
         sid=sid if sid.startswith("S-") else "",
         sam=one("sAMAccountName"),
         upn=one("userPrincipalName"),
-        uac=int(one("userAccountControl") or 0),
-        usn=int(one("uSNChanged") or 0),
+        # a userAccountControl that does not parse counts as disabled (fail closed)
+        uac=_int(one("userAccountControl") or "0", UAC_DISABLED),
+        usn=_int(one("uSNChanged") or "0", 0),
         deleted=one("isDeleted").upper() == "TRUE",
         is_group="group" in classes,
         attrs=attrs,

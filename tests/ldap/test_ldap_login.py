@@ -281,6 +281,16 @@ def test_check_validates_the_ldap_settings(tmp_path: Path) -> None:
         "providers.ldap.extra_attributes",
         "providers.ldap.unknown",
     } <= keys
+    (tmp_path / "not-a-ca.pem").write_text("no certificate here", encoding="utf-8")
+    for bundle in ("missing.pem", "not-a-ca.pem"):
+        config.write_text(
+            "providers:\n  default: ldap\n  ldap:\n    servers: [dc1]\n    bind_dn: x\n"
+            f"    bind_password: y\n    base_dns: [DC=x]\n    ca_bundle: {bundle}\n",
+            encoding="utf-8",
+        )
+        with pytest.raises(ConfigError) as err:
+            load_settings(config)
+        assert [p.key_path for p in err.value.problems] == ["providers.ldap.ca_bundle"]
     config.write_text("providers:\n  default: ldap\n", encoding="utf-8")
     with pytest.raises(ConfigError) as err:
         load_settings(config)
