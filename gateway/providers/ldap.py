@@ -16,7 +16,8 @@ opt in explicitly (and then a warning is logged at every start).
    ``sAMAccountName`` or ``userPrincipalName``, inside ``user_filter`` (by
    default enabled people only), the typed name escaped per RFC 4515;
 3. exactly one entry must match; the password is checked by a simple bind as
-   that entry's DN on a fresh connection (never a pooled one);
+   that entry's DN on a fresh connection (never a pooled one); when nobody
+   matched, a bind to a DN that does not exist costs the same time;
 4. groups, direct and nested, come from the in-chain matching rule
    (``1.2.840.113556.1.4.1941``), as names, DNs, SIDs and object GUIDs.
 
@@ -36,6 +37,7 @@ import contextlib
 import logging
 import math
 import re
+import secrets
 import ssl
 import threading
 import time
@@ -303,6 +305,7 @@ class LdapDirectory:
         self._naming_context: str | None = None
         self.searches = 0
         self.entries_read = 0
+        self.password_binds = 0
         if settings.transport == "plain":
             log.warning(
                 "LDAP transport is PLAIN (allow_plain is set): passwords and directory data "
@@ -503,11 +506,23 @@ class LdapDirectory:
     def check_password(self, dn: str, password: str) -> None:
         """A simple bind as ``dn`` on a fresh connection; AuthenticationFailed
         with AD's reason when refused."""
+        with self._lock:
+            self.password_binds += 1
         try:
             conn, _ = self.connect(dn, password)
         except _BindRefused as exc:
             raise AuthenticationFailed(_bind_reason(exc.result)) from None
         self._discard(conn)
+
+
+    def decoy_bind(self, password: str) -> None:
+        """The work of a password check, for a DN that does not exist: a person
+        the search did not find costs what a wrong password costs (a fresh TLS
+        connection and a refused bind), so the answer time does not tell whether
+        the name exists.  A name that matches no account locks nothing."""
+        dn = f"CN=sso-gateway-decoy-{secrets.token_hex(8)},{self.settings.base_dns[0]}"
+        with contextlib.suppress(AuthenticationFailed, ProviderUnavailable):
+            self.check_password(dn, password)
 
 
 def _bind_reason(result: dict[str, Any]) -> str:
@@ -553,7 +568,9 @@ class LdapPasswordProvider:
         with self._slots:
             found = self.directory.find_in_scope(flt)
             if not found:
-                raise AuthenticationFailed(self._why_not_found(flt))
+                reason = self._why_not_found(flt)
+                self.directory.decoy_bind(password)
+                raise AuthenticationFailed(reason)
             if len(found) > 1:
                 raise AuthenticationFailed("ambiguous-user")
             entry = found[0]

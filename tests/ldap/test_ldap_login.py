@@ -93,6 +93,10 @@ def test_refusals_look_the_same_and_audit_the_reason(gw: Gateway) -> None:
     assert len(pages) == 1
     reasons = [e["reason"] for e in gw.events("login_failed")]
     assert reasons == ["bad-password", "disabled", "out-of-scope", "unknown-user"]
+    # each cost a password bind (the unknown ones against a decoy DN): the
+    # answer time does not tell whether the name exists
+    assert gw.services.directory is not None
+    assert gw.services.directory.directory.password_binds == 4
     assert all(e["provider"] == "ldap" for e in gw.events("login_failed"))
     assert gw.session_cookie() is None
 
