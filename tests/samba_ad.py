@@ -172,6 +172,8 @@ class SambaAD:
                     f"port {port} on 127.0.0.1 is taken by another process; the Samba AD "
                     "test directory needs the fixed LDAP ports 389 and 636"
                 )
+        if os.geteuid() != 0:
+            _skip_or_fail("the Samba AD test directory must run as root (ports 389 and 636)")
         self.strong_auth = strong_auth
         options = {
             "interfaces": "lo",
