@@ -385,7 +385,9 @@ class LdapDirectory:
                 conn = self._open(address, user, password)
             except _BindRefused:
                 raise
-            except (LDAPException, OSError, ProviderUnavailable) as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever a DC did, try the next one
+                # unreachable, TLS refused, or bytes ldap3 cannot decode (its
+                # decoder raises IndexError and the like on garbage)
                 problems.append(f"{name}: {_describe(exc)}")
                 log.warning("LDAP server %s is unavailable: %s", name, _describe(exc))
                 self._down_until[address] = self._monotonic() + self.settings.retry_down_after
@@ -423,7 +425,9 @@ class LdapDirectory:
             try:
                 with self.reader() as reader:
                     return work(reader)
-            except (LDAPException, OSError) as exc:
+            except (ProviderUnavailable, AuthenticationFailed):
+                raise
+            except Exception as exc:
                 if attempt == 2:
                     raise ProviderUnavailable(f"LDAP operation failed: {_describe(exc)}") from exc
         raise AssertionError("unreachable")
@@ -537,7 +541,9 @@ def _bind_reason(result: dict[str, Any]) -> str:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, LDAPExceptionError | LDAPException):
+    if isinstance(exc, LDAPExceptionError | LDAPException) or not isinstance(
+        exc, ProviderUnavailable | OSError
+    ):
         return f"{type(exc).__name__}: {exc}"[:300]
     return str(exc)[:300]
 

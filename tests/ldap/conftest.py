@@ -66,6 +66,7 @@ def ldap_yaml(
     extra: str = "",
     deprovision: str = "{interval: 1, full_check_interval: 3600}",
     bind_dn: str = SERVICE_DN,
+    timeout: int = 3,
 ) -> str:
     return (
         "providers:\n"
@@ -78,7 +79,7 @@ def ldap_yaml(
         f"    bind_password: {{file: {secret_file}}}\n"
         f'    base_dns: ["{PEOPLE}"]\n'
         "    connect_timeout: 2\n"
-        "    timeout: 3\n"
+        f"    timeout: {timeout}\n"
         f"    deprovision: {deprovision}\n" + extra
     )
 
@@ -104,6 +105,7 @@ def make_ldap_gateway(tmp_path: Path, samba: SambaAD) -> Iterator[LdapGatewayFac
         deprovision: str = "{interval: 1, full_check_interval: 3600}",
         bind_dn: str = SERVICE_DN,
         secret_file: Path | None = None,
+        timeout: int = 3,
     ) -> Gateway:
         site = tmp_path / f"site{len(made)}"
         policies = site / "policies"
@@ -125,6 +127,7 @@ def make_ldap_gateway(tmp_path: Path, samba: SambaAD) -> Iterator[LdapGatewayFac
                 extra=extra,
                 deprovision=deprovision,
                 bind_dn=bind_dn,
+                timeout=timeout,
             ),
             encoding="utf-8",
         )
@@ -176,6 +179,46 @@ class SilentServer:
         for conn in self._accepted:
             conn.close()
         self.sock.close()
+
+
+class GarbageServer(SilentServer):
+    """A listener that answers whatever it is sent with bytes that are not LDAP
+    (nor TLS): a misconfigured port, or something hostile."""
+
+    REPLIES = (
+        b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n",
+        b"\x30\x84\xff\xff\xff\xff\x02\x01",  # a BER sequence claiming 4 GiB
+        b"\x30\x03\x02\x01\x01",  # a well-formed sequence that is no LDAP message
+    )
+
+    def __init__(self, reply: bytes) -> None:
+        self.reply = reply
+        super().__init__()
+
+    def _accept(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self._accepted.append(conn)
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        try:
+            conn.settimeout(5)
+            if conn.recv(4096):
+                conn.sendall(self.reply)
+        except OSError:
+            pass
+
+
+@pytest.fixture(params=range(len(GarbageServer.REPLIES)))
+def garbage_server(request: pytest.FixtureRequest) -> Iterator[GarbageServer]:
+    server = GarbageServer(GarbageServer.REPLIES[request.param])
+    yield server
+    server.close()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from gateway.core.errors import ConfigError
 from gateway.core.model import Identity
 from gateway.settings import load_settings
 from tests.flows.conftest import Gateway
-from tests.ldap.conftest import LdapGatewayFactory, SilentServer
+from tests.ldap.conftest import GarbageServer, LdapGatewayFactory, SilentServer
 from tests.peers import free_port
 from tests.samba_ad import GROUPS, PEOPLE, UPN_SUFFIX, USER_PASSWORD, SambaAD
 
@@ -179,12 +179,15 @@ def test_plain_ldap_with_the_opt_in_is_loudly_logged(
     assert gw.login("bob", USER_PASSWORD).status_code == 303  # a lax directory allows it
 
 
+@pytest.mark.parametrize(("server", "transport"), [("localhost:636", "ldaps"),
+                                                  ("localhost:389", "starttls")])  # fmt: skip
 def test_a_certificate_from_another_ca_is_refused(
-    ad: SambaAD, make_ldap_gateway: LdapGatewayFactory, tmp_path: Path
-) -> None:
+    ad: SambaAD, make_ldap_gateway: LdapGatewayFactory, tmp_path: Path, server: str,
+    transport: str,
+) -> None:  # fmt: skip
     other = tmp_path / "other-ca.pem"
     other.write_bytes(Path("/etc/ssl/certs/ca-certificates.crt").read_bytes())
-    gw = make_ldap_gateway(ca_file=other)
+    gw = make_ldap_gateway(ca_file=other, servers=f'["{server}"]', transport=transport)
     resp = gw.login("bob", USER_PASSWORD)
     assert resp.status_code == 503
     event = gw.events("provider_unavailable")[-1]
@@ -310,3 +313,21 @@ def test_pooled_connections_survive_a_domain_controller_restart(
     gw.logout()
     assert gw.login("alice", USER_PASSWORD).status_code == 303
     assert _info(gw)["tier"] == "operator"
+
+
+@pytest.mark.parametrize("transport", ["ldaps", "starttls"])
+def test_a_server_that_answers_garbage_is_failed_over_then_fails_closed(
+    ad: SambaAD, make_ldap_gateway: LdapGatewayFactory, garbage_server: GarbageServer,
+    transport: str,
+) -> None:  # fmt: skip
+    good = "localhost:636" if transport == "ldaps" else "localhost:389"
+    gw = make_ldap_gateway(
+        servers=f'["127.0.0.1:{garbage_server.port}", "{good}"]', transport=transport, timeout=1
+    )
+    assert gw.login("bob", USER_PASSWORD).status_code == 303
+    only = make_ldap_gateway(
+        servers=f'["127.0.0.1:{garbage_server.port}"]', transport=transport, timeout=1
+    )
+    resp = only.login("bob", USER_PASSWORD)
+    assert resp.status_code == 503
+    assert "no LDAP server answered" in only.events("provider_unavailable")[-1]["detail"]
