@@ -139,7 +139,6 @@ def create_app(
             services.password_login = LdapPasswordProvider(ldap)
         assert settings.providers.ldap is not None
         if settings.providers.ldap.deprovision.enabled:
-            signer_ = services.signer
             services.deprovision = DeprovisionWatcher(
                 ldap,
                 services.sessions,
@@ -147,7 +146,7 @@ def create_app(
                 audit,
                 holder,
                 clock=clock,
-                forget=signer_.forget if signer_ is not None else None,
+                forget=signer.forget if signer is not None else None,
             )
 
     app = Flask(__name__, template_folder="templates", static_folder=None)

@@ -331,3 +331,11 @@ def test_a_server_that_answers_garbage_is_failed_over_then_fails_closed(
     resp = only.login("bob", USER_PASSWORD)
     assert resp.status_code == 503
     assert "no LDAP server answered" in only.events("provider_unavailable")[-1]["detail"]
+
+
+def test_start_sends_people_to_the_form(gw: Gateway) -> None:
+    resp = gw.get("/.sso/start?rd=/doors/")
+    assert resp.status_code == 302
+    assert resp.headers["Location"] == "/.sso/login?rd=%2Fdoors%2F"
+    assert gw.get("/.sso/start?rd=/doors/&provider=ldap").status_code == 302
+    assert gw.get("/.sso/start?rd=/doors/&provider=local").status_code == 400

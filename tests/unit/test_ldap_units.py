@@ -4,16 +4,18 @@ itself is tested against a real Samba AD in tests/ldap)."""
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from ldap3.utils.conv import unescape_filter_chars
 
-from gateway.core.errors import ProviderUnavailable
+from gateway.core.errors import ConfigError, ProviderUnavailable
 from gateway.core.model import Identity
 from gateway.deprovision import _norm_id, directory_keys
 from gateway.providers.ldap import AD_BIND_REASONS, _bind_reason, guid_filter_value
+from gateway.settings import load_settings
 from gateway.settings_ldap import LdapProviderSettings
 
 
@@ -94,3 +96,22 @@ def test_invalid_settings_are_refused(bad: dict[str, object]) -> None:
 
 def test_plain_needs_the_opt_in() -> None:
     assert _settings(transport="plain", allow_plain=True).transport == "plain"
+
+
+def test_the_bind_password_may_come_from_a_file_named_in_the_environment(tmp_path: Path) -> None:
+    secret = tmp_path / "bind"
+    secret.write_text("s3cret\n", encoding="utf-8")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "providers:\n  default: ldap\n  ldap:\n    servers: [dc1]\n    bind_dn: CN=svc\n"
+        "    base_dns: [DC=corp]\n",
+        encoding="utf-8",
+    )
+    for name in ("SSO_GATEWAY__PROVIDERS__LDAP__BIND_PASSWORD_FILE",
+                 "SSO_GATEWAY__PROVIDERS__LDAP__BIND_PASSWORD__FILE"):  # fmt: skip
+        settings = load_settings(config, environ={name: str(secret)})
+        assert settings.providers.ldap is not None
+        assert settings.providers.ldap.bind_password.get_secret_value() == "s3cret"
+    with pytest.raises(ConfigError) as err:
+        load_settings(config, environ={})
+    assert "providers.ldap.bind_password" in str(err.value)
