@@ -213,13 +213,17 @@ class DeprovisionWatcher:
             if not isinstance(mark, int) or mark < 0 or mark > high:
                 report.full = True  # no (usable) mark for this DC: start from its high
                 mark = high
-            if high > mark:
-                flt = (
-                    "(&(|(&(objectClass=user)(!(objectClass=computer)))(objectClass=group))"
-                    f"(uSNChanged>={mark + 1})(uSNChanged<={high}))"
-                )
-                changed = reader.search(base, flt, self.directory.user_attributes(),
-                                        show_deleted=True)  # fmt: skip
+            try:
+                if high > mark:
+                    flt = (
+                        "(&(|(&(objectClass=user)(!(objectClass=computer)))(objectClass=group))"
+                        f"(uSNChanged>={mark + 1})(uSNChanged<={high}))"
+                    )
+                    changed = reader.search(base, flt, self.directory.user_attributes(),
+                                            show_deleted=True)  # fmt: skip
+            except BaseException:
+                self._put_mark(mark_key, mark, report.dc)  # look again next time
+                raise
         try:
             report.changed = len(changed)
             if changed or report.full:
