@@ -140,6 +140,8 @@ class SambaAD:
     def __init__(self) -> None:
         self.samba = require_binary("samba", "the LDAP/Active Directory tests need Samba AD DC")
         self.samba_tool = require_binary("samba-tool", "needed to provision the test domain")
+        if not Path("/usr/share/samba/setup/ad-schema").is_dir():
+            _skip_or_fail("samba-ad-provision is not installed: the test domain needs it")
         self.directory = Path(tempfile.mkdtemp(prefix="ssogw-samba-"))
         self.dc_dir = self.directory / "dc"
         self.log = self.directory / "samba.log"
