@@ -5,20 +5,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gateway.assertion import AssertionSigner
 from gateway.audit import AuditLimiter, AuditLog
 from gateway.core.network import TrustedProxies
-from gateway.deprovision import DeprovisionWatcher
 from gateway.identity_headers import IdentityHeaderCache
 from gateway.policy_holder import PolicyHolder
-from gateway.providers.ldap_groups import DirectoryGroupResolver
 from gateway.providers.local import LocalUsersProvider
 from gateway.providers.password import PasswordProvider
 from gateway.sessions.manager import SessionManager
 from gateway.sessions.store import SessionStore
 from gateway.settings import Settings
 from gateway.throttle import LoginThrottle
+
+if TYPE_CHECKING:  # ldap3 is imported only where a directory is configured
+    from gateway.deprovision import DeprovisionWatcher
+    from gateway.providers.ldap_groups import DirectoryGroupResolver
 
 
 @dataclass
