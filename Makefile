@@ -8,7 +8,8 @@ OP_DIR     := tests/oidc_op
 NODE_STAMP := $(OP_DIR)/node_modules/.installed
 # Debian packages the tests and benchmarks talk to (real peers, never mocks)
 # (libnginx-mod-http-set-misc: set_escape_uri, as ingress-nginx uses for auth-signin's rd)
-SYSTEM_PACKAGES := redis-server nginx-light libnginx-mod-http-set-misc chromium wrk nodejs npm xmlsec1
+SYSTEM_PACKAGES := redis-server nginx-light libnginx-mod-http-set-misc chromium wrk nodejs npm xmlsec1 \
+                   samba-ad-dc samba-ad-provision
 
 .PHONY: demo test lint typecheck layers unit bench sysdeps venv clean
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # the real imports happen inside create_app, after gunicorn's
 
     from gateway.audit import AuditLog
     from gateway.core.policy import PolicySet
+    from gateway.providers.ldap import LdapDirectory
     from gateway.sessions.store import SessionStore
     from gateway.settings import Settings
 
@@ -95,6 +96,7 @@ def create_app(
 
         metrics = Metrics(active_sessions=lambda: sum(1 for _ in store.iter_sessions()))
         audit.add_listener(metrics.on_audit)
+    ldap = _build_ldap(settings, audit) if settings.providers.ldap is not None else None
 
     signer = None
     if settings.jwt.enabled:
@@ -163,7 +165,29 @@ def create_app(
         metrics=metrics,
         metrics_networks=parse_networks(list(settings.metrics.allowed_networks)),
         saml=saml,
+        password_login=local_users,
     )
+
+    if ldap is not None:  # Active Directory: the form's provider, groups, deprovisioning
+        from gateway.deprovision import DeprovisionWatcher
+        from gateway.providers.ldap import LdapPasswordProvider
+        from gateway.providers.ldap_groups import DirectoryGroupResolver
+
+        services.directory = DirectoryGroupResolver(ldap)
+        services.group_resolvers["directory"] = services.directory  # OIDC group overage
+        if settings.providers.default == "ldap":
+            services.password_login = LdapPasswordProvider(ldap)
+        assert settings.providers.ldap is not None
+        if settings.providers.ldap.deprovision.enabled:
+            services.deprovision = DeprovisionWatcher(
+                ldap,
+                services.sessions,
+                store,
+                audit,
+                holder,
+                clock=clock,
+                forget=signer.forget if signer is not None else None,
+            )
 
     app = Flask(__name__, template_folder="templates", static_folder=None)
     app.config.update(MAX_CONTENT_LENGTH=64 * 1024)
@@ -194,6 +218,17 @@ class StripIdentityHeaders:
         for key in self.keys:
             environ.pop(key, None)
         return self.app(environ, start_response)
+
+
+def _build_ldap(settings: Settings, audit: AuditLog) -> LdapDirectory:
+    from gateway.providers.ldap import LdapDirectory
+
+    cfg = settings.providers.ldap
+    assert cfg is not None
+    if cfg.transport == "plain":
+        audit.emit("insecure_ldap_enabled", reason="providers.ldap.transport is plain")
+    ca = settings.resolve_path(cfg.ca_bundle) if cfg.ca_bundle is not None else None
+    return LdapDirectory(cfg, ca_bundle=str(ca) if ca is not None else None)
 
 
 def _build_store(settings: Settings) -> SessionStore:

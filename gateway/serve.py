@@ -54,11 +54,26 @@ def gunicorn_options(
         "errorlog": "-",
         "loglevel": "info",
         "proc_name": "sso-gateway",
-        "post_worker_init": _freeze_startup_objects,
+        "post_worker_init": _worker_started,
         "child_exit": _worker_exited,
         # one control socket per gateway (gunicornc), not one per user account
         "control_socket": str(settings.resolve_path(settings.data_dir) / "gunicorn.ctl"),
     }
+
+
+def _worker_started(worker: Any) -> None:
+    _freeze_startup_objects(worker)
+    _start_deprovisioning(worker)
+
+
+def _start_deprovisioning(worker: Any) -> None:
+    """Every worker runs the directory watcher; the store lets one poll per
+    period (see gateway.deprovision)."""
+    extensions = getattr(getattr(worker, "wsgi", None), "extensions", None) or {}
+    services = extensions.get("gateway")
+    watcher = getattr(services, "deprovision", None)
+    if watcher is not None:
+        watcher.start()
 
 
 def _freeze_startup_objects(worker: Any) -> None:

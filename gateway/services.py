@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from gateway.assertion import AssertionSigner
 from gateway.audit import AuditLimiter, AuditLog
@@ -15,11 +16,16 @@ from gateway.policy_holder import PolicyHolder
 from gateway.providers.groups import GroupResolver
 from gateway.providers.local import LocalUsersProvider
 from gateway.providers.oidc import OidcClient
+from gateway.providers.password import PasswordProvider
 from gateway.providers.saml import SamlServiceProvider
 from gateway.sessions.manager import SessionManager
 from gateway.sessions.store import SessionStore
 from gateway.settings import Settings
 from gateway.throttle import LoginThrottle
+
+if TYPE_CHECKING:  # ldap3 is imported only where a directory is configured
+    from gateway.deprovision import DeprovisionWatcher
+    from gateway.providers.ldap_groups import DirectoryGroupResolver
 
 
 @dataclass
@@ -53,3 +59,8 @@ class Services:
     metrics_networks: Networks = ()
     # the SAML service provider, when providers.saml is configured
     saml: SamlServiceProvider | None = None
+    # the provider behind the /.sso/login form (local users or LDAP), if any
+    password_login: PasswordProvider | None = None
+    # Active Directory over LDAP: nested groups for any provider, deprovisioning
+    directory: DirectoryGroupResolver | None = None
+    deprovision: DeprovisionWatcher | None = None

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from gateway.core.errors import ConfigError, Problem, key_path
 from gateway.core.network import parse_networks
+from gateway.settings_ldap import LdapProviderSettings
 from gateway.settings_oidc import OidcSettings
 from gateway.settings_saml import SamlSettings, saml_problems
 
@@ -166,10 +167,11 @@ class LocalProviderSettings(_Model):
 
 
 class ProviderSettings(_Model):
-    default: Literal["local", "oidc", "saml"] = "local"
+    default: Literal["local", "oidc", "saml", "ldap"] = "local"
     local: LocalProviderSettings = LocalProviderSettings()
     oidc: OidcSettings | None = None
     saml: SamlSettings | None = None
+    ldap: LdapProviderSettings | None = None
 
 
 class LoginSettings(_Model):
@@ -441,6 +443,18 @@ def _reason(err: Mapping[str, Any]) -> str:
     return msg.removeprefix("Value error, ")
 
 
+def _check_ca_bundle(src: str, path: Path) -> list[Problem]:
+    """The LDAP CA bundle must be a readable PEM file with at least one certificate."""
+    import ssl
+
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return [Problem(src, "providers.ldap.ca_bundle", f"cannot load {path}: {reason}")]
+    return []
+
+
 def _cross_checks(settings: Settings) -> list[Problem]:
     problems: list[Problem] = []
     src = settings.source
@@ -468,6 +482,9 @@ def _cross_checks(settings: Settings) -> list[Problem]:
         problems.append(
             Problem(src, f"providers.{default}", f"required when providers.default is {default!r}")
         )
+    ldap = settings.providers.ldap
+    if ldap is not None and ldap.ca_bundle is not None:
+        problems.extend(_check_ca_bundle(src, settings.resolve_path(ldap.ca_bundle)))
     if settings.redirects.default and not settings.redirects.default.startswith("/"):
         problems.append(Problem(src, "redirects.default", "must be a path starting with '/'"))
     problems.extend(saml_problems(settings))

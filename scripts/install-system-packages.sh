@@ -12,6 +12,8 @@ for pkg in "$@"; do
     wrk) cmd=wrk ;;
     nodejs) cmd=node ;;
     libnginx-mod-http-set-misc) cmd=/usr/lib/nginx/modules/ngx_http_set_misc_module.so ;;
+    samba-ad-dc) cmd=samba ;;  # the Samba AD domain controller (tests/samba_ad.py)
+    samba-ad-provision) cmd=samba-tool ;;
     *) cmd="$pkg" ;;
   esac
   case "$cmd" in

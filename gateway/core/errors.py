@@ -5,8 +5,8 @@ GatewayError
  +-- AmbiguousPath          a request path that could be read two ways; refused, not guessed
  +-- UnsafeRedirect         a redirect target that is neither same-site nor allow-listed
  +-- StoreUnavailable       the session store cannot be reached; callers fail closed (503)
- +-- ProviderUnavailable    an identity provider (or Microsoft Graph) cannot be reached or
- |                          answered something unusable; the login fails closed (503)
+ +-- ProviderUnavailable    an identity provider, directory or Microsoft Graph cannot be
+ |                          reached or answered something unusable; fails closed (503)
  +-- AuthenticationFailed   a login attempt failed; ``reason`` is for the audit log only
       +-- Throttled         too many failed attempts for this user or client address
 """
@@ -63,8 +63,9 @@ class StoreUnavailable(GatewayError):
 
 
 class ProviderUnavailable(GatewayError):
-    """An identity provider or a group source could not be reached or answered
-    something unusable (not a refusal of the person: that is AuthenticationFailed)."""
+    """An identity provider, directory or group source could not be reached or
+    answered something unusable (not a refusal of the person: that is
+    AuthenticationFailed); callers fail closed."""
 
 
 class AuthenticationFailed(GatewayError):

@@ -525,7 +525,7 @@ def identity_from_claims(
         attributes["tid"] = tid
     username = claims.get(c.username)
     if isinstance(username, str) and username:
-        attributes["username"] = username
+        attributes["preferred_username"] = username  # also how deprovisioning finds them
     email = claims.get(c.email)
     if not isinstance(email, str) or not email:
         email = username if isinstance(username, str) and "@" in username else ""

@@ -1,4 +1,5 @@
-"""``/.sso/login`` (the sign-in form of the local users provider) and ``/.sso/logout``."""
+"""``/.sso/login`` (the sign-in form of the password providers: the local users
+file or Active Directory over LDAP) and ``/.sso/logout``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from flask import Blueprint, Response, request
 
 from gateway.core.errors import (
     AuthenticationFailed,
+    ProviderUnavailable,
     StoreUnavailable,
     Throttled,
 )
@@ -43,7 +45,7 @@ def _form(
         rd=rd,
         error=error,
         username=username,
-        password_form=svc.local_users is not None,
+        password_form=svc.password_login is not None,
         sso_links=_sso_links(svc, rd),
     )
 
@@ -54,6 +56,9 @@ def _sso_links(svc: Services, rd: str) -> list[tuple[str, str]]:
     if svc.oidc is not None:
         query = {"provider": "oidc", **({"rd": rd} if rd else {})}
         links.append((svc.oidc.settings.display_name, "/.sso/start?" + urlencode(query)))
+    if svc.saml is not None:
+        query = {"provider": "saml", **({"rd": rd} if rd else {})}
+        links.append(("single sign-on (SAML)", "/.sso/start?" + urlencode(query)))
     return links
 
 
@@ -118,13 +123,14 @@ def login_submit() -> Response:
             username=username,
             error="Your sign-in form expired. Please try again.",
         )
-    if svc.local_users is None:
+    provider = svc.password_login
+    if provider is None:
         return _form(svc, rd=rd, status=404, error="Password sign-in is not enabled here.")
     try:
         svc.throttle.begin(username, ip)
-        svc.local_users.reload()  # picks up `sso-gateway users ...` changes (one stat)
+        provider.reload()  # local users: picks up `sso-gateway users ...` changes (one stat)
         try:
-            identity = svc.local_users.authenticate(username, password, now=now)
+            identity = provider.authenticate(username, password, now=now)
         except AuthenticationFailed:
             svc.throttle.failed(username, ip)
             raise
@@ -132,7 +138,11 @@ def login_submit() -> Response:
         cookie, session = create_session(svc, request, identity, now)
     except Throttled as exc:
         svc.audit.emit(
-            "login_failed", user=username[:64], provider="local", reason=exc.reason, client_ip=ip
+            "login_failed",
+            user=username[:64],
+            provider=provider.name,
+            reason=exc.reason,
+            client_ip=ip,
         )
         return _form(
             svc,
@@ -143,9 +153,28 @@ def login_submit() -> Response:
         )
     except AuthenticationFailed as exc:
         svc.audit.emit(
-            "login_failed", user=username[:64], provider="local", reason=exc.reason, client_ip=ip
+            "login_failed",
+            user=username[:64],
+            provider=provider.name,
+            reason=exc.reason,
+            client_ip=ip,
         )
         return _form(svc, rd=rd, status=401, username=username, error=GENERIC_FAILURE)
+    except ProviderUnavailable as exc:
+        svc.audit.emit(
+            "provider_unavailable",
+            user=username[:64],
+            provider=provider.name,
+            detail=str(exc)[:500],
+            client_ip=ip,
+        )
+        return _form(
+            svc,
+            rd=rd,
+            status=503,
+            username=username,
+            error="Sign-in is unavailable right now. Try again in a moment.",
+        )
     except StoreUnavailable as exc:
         return unavailable_page(svc, "/.sso/login", exc)
     resp: Response = redirect_to(rd or svc.settings.redirects.default, code=303)

@@ -38,13 +38,15 @@ bp = Blueprint("start", __name__)
 
 def configured_providers(svc: Services) -> tuple[str, ...]:
     """The providers a person can log in with here, the default first."""
-    names = [svc.settings.providers.default]
+    names: list[str] = [svc.settings.providers.default]
     if svc.local_users is not None and "local" not in names:
         names.append("local")
     if svc.oidc is not None and "oidc" not in names:
         names.append("oidc")
     if svc.saml is not None and "saml" not in names:
         names.append("saml")
+    if svc.password_login is not None and svc.password_login.name not in names:
+        names.append(svc.password_login.name)
     return tuple(names)
 
 
@@ -73,7 +75,7 @@ def begin_login(svc: Services, req: Request, provider: str, rd: str, *, fresh: b
     query = {"rd": rd} if rd else {}
     if fresh:
         query["prompt"] = "login"
-    # local users: the form at /.sso/login
+    # local users and LDAP: the form at /.sso/login
     return redirect_to("/.sso/login" + ("?" + urlencode(query) if query else ""), code=302)
 
 

@@ -93,7 +93,7 @@ def _account(login: str, tid: str = TENANT, **claims: Any) -> Account:
     return Account(login=login, password=f"{login}-pw-4711", claims={**base, **claims}, amr=amr)
 
 
-SLOTS = 5
+SLOTS = 6
 OVERAGE_OID = "11111111-2222-4333-8444-555555555555"
 ACCOUNTS = {
     a.login: a
@@ -111,6 +111,14 @@ ACCOUNTS = {
             },
         ),
         _account("hal", hasgroups=True, oid="99999999-2222-4333-8444-555555555555"),
+        # synced from Active Directory (bob there, in Intercom-Admins), groups overage
+        _account(
+            "bobsync",
+            oid="22222222-3333-4444-8555-666666666666",
+            preferred_username="bob@corp.example.test",
+            email="bob@corp.example.test",
+            hasgroups=True,
+        ),
         _account("eve", tid=OTHER_TENANT, groups=[G_ADMINS]),
         _account("nobody", groups=[G_OTHER]),
     )
