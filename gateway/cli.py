@@ -102,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mfa", action="store_true", help="the login used multi-factor authentication")
     p.add_argument("--auth-age", type=int, default=0, help="seconds since the login (default 0)")
     p.add_argument(
+        "--amr", default="", help="comma-separated authentication methods (OIDC amr), e.g. pwd,mfa"
+    )
+    p.add_argument(
+        "--acrs", default="", help="comma-separated Entra ID authentication contexts, e.g. c1"
+    )
+    p.add_argument(
         "--at",
         help="evaluate at this ISO-8601 time instead of now (no offset: policy timezone)",
     )
@@ -292,6 +298,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         groups=groups,
         auth_time=when.timestamp() - args.auth_age,
         mfa=args.mfa,
+        amr=tuple(a.strip() for a in args.amr.split(",") if a.strip()),
+        acrs=tuple(a.strip() for a in args.acrs.split(",") if a.strip()),
     )
     info = RequestInfo(
         host=(parts.hostname or "").lower(),

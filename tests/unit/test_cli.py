@@ -648,3 +648,21 @@ def test_serve_refuses_to_start_on_a_broken_policy(run: Runner, site: Site) -> N
     result = run("--config", str(site.config), "serve")
     assert result.code == 1
     assert "99-broken.yaml" in result.err
+
+
+def test_explain_with_amr_and_acrs(run: Runner, site: Site, tmp_path: Path) -> None:
+    policies = tmp_path / "ctx-policies"
+    policies.mkdir()
+    (policies / "p.yaml").write_text(
+        "tiers: {admin: {rank: 1, groups: [Admins]}}\n"
+        "routes:\n"
+        "  - {name: doors, hosts: [x.test], path: /, allow: [admin],"
+        " conditions: {amr: [mfa], acrs: [c1]}}\n",
+        encoding="utf-8",
+    )
+    base = ("--user", "a", "--groups", "Admins", "--url", "https://x.test/", "--policies")
+    ok = explain(run, site, *base, str(policies), "--amr", "pwd,mfa", "--acrs", "c1")
+    assert "ALLOW" in outcome_line(ok)
+    no_ctx = explain(run, site, *base, str(policies), "--amr", "pwd,mfa")
+    assert "DENY" in outcome_line(no_ctx)
+    assert "condition-failed:acrs" in no_ctx.out
