@@ -10,8 +10,10 @@ NODE_STAMP := $(OP_DIR)/node_modules/.installed
 # (libnginx-mod-http-set-misc: set_escape_uri, as ingress-nginx uses for auth-signin's rd)
 SYSTEM_PACKAGES := redis-server nginx-light libnginx-mod-http-set-misc chromium wrk nodejs npm xmlsec1 \
                    samba-ad-dc samba-ad-provision
+# only `make bench` needs these: the established C implementation it compares against
+BENCH_PACKAGES := apache2 libapache2-mod-auth-openidc
 
-.PHONY: demo test lint typecheck layers unit bench sysdeps venv clean
+.PHONY: demo test lint typecheck layers unit bench sysdeps benchdeps venv clean
 
 demo: $(STAMP)
 	$(BIN)/sso-gateway demo
@@ -30,10 +32,11 @@ layers: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest
 
-bench: sysdeps $(STAMP) $(NODE_STAMP)
+bench: sysdeps benchdeps $(STAMP) $(NODE_STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/oidc.py
 	$(BIN)/python bench/saml.py
+	$(BIN)/python bench/proxy.py
 
 venv: $(STAMP)
 
@@ -54,6 +57,9 @@ $(NODE_STAMP): $(OP_DIR)/package.json $(OP_DIR)/package-lock.json
 # missing (their tests are then skipped with the reason, or fail under CI=true).
 sysdeps:
 	@sh scripts/install-system-packages.sh $(SYSTEM_PACKAGES)
+
+benchdeps:
+	@sh scripts/install-system-packages.sh $(BENCH_PACKAGES)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache $(OP_DIR)/node_modules

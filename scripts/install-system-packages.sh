@@ -14,6 +14,7 @@ for pkg in "$@"; do
     libnginx-mod-http-set-misc) cmd=/usr/lib/nginx/modules/ngx_http_set_misc_module.so ;;
     samba-ad-dc) cmd=samba ;;  # the Samba AD domain controller (tests/samba_ad.py)
     samba-ad-provision) cmd=samba-tool ;;
+    libapache2-mod-auth-openidc) cmd=/usr/lib/apache2/modules/mod_auth_openidc.so ;;
     *) cmd="$pkg" ;;
   esac
   case "$cmd" in
