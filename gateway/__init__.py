@@ -197,10 +197,17 @@ def create_app(
     from gateway.views.forward_auth import ForwardAuthApp
 
     register(app)
+    inner: Any = app.wsgi_app
+    if settings.proxy.upstreams:  # reverse-proxy mode: all but /.sso/ goes upstream
+        from gateway.upstreams import UpstreamTable
+        from gateway.views.proxy import ProxyApp
+
+        services.upstreams = UpstreamTable(settings.proxy, settings.resolve_path)
+        inner = ProxyApp(inner, app, services, services.upstreams)
     # outermost first: inbound identity headers are dropped before anything else,
     # then /.sso/auth is answered without Flask's per-request machinery
     app.wsgi_app = StripIdentityHeaders(  # type: ignore[method-assign]
-        ForwardAuthApp(app.wsgi_app, services), services.identity_header_names
+        ForwardAuthApp(inner, services), services.identity_header_names
     )
     return app
 

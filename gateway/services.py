@@ -26,6 +26,7 @@ from gateway.throttle import LoginThrottle
 if TYPE_CHECKING:  # ldap3 is imported only where a directory is configured
     from gateway.deprovision import DeprovisionWatcher
     from gateway.providers.ldap_groups import DirectoryGroupResolver
+    from gateway.upstreams import UpstreamTable
 
 
 @dataclass
@@ -64,3 +65,5 @@ class Services:
     # Active Directory over LDAP: nested groups for any provider, deprovisioning
     directory: DirectoryGroupResolver | None = None
     deprovision: DeprovisionWatcher | None = None
+    # reverse-proxy mode: the upstreams, when proxy.upstreams is configured
+    upstreams: UpstreamTable | None = None

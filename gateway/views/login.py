@@ -20,6 +20,7 @@ from gateway.views.common import (
     checked_redirect,
     clear_session_cookie,
     client_ip,
+    expire_upstream_cookies,
     load_session,
     services,
     set_session_cookie,
@@ -259,4 +260,5 @@ def logout() -> Response:
     else:
         resp = page("logged_out.html", 200, site_name=svc.settings.site_name)
     clear_session_cookie(svc, resp)
+    expire_upstream_cookies(svc, resp)
     return resp

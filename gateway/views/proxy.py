@@ -1,0 +1,557 @@
+"""Reverse-proxy mode: every request outside ``/.sso/`` is judged and, when
+allowed, streamed to the upstream its host and path select.
+
+:class:`ProxyApp` is a plain WSGI layer in front of Flask (like
+:class:`gateway.views.forward_auth.ForwardAuthApp`).  In order:
+
+1. the raw path is normalised (:func:`gateway.core.paths.normalise_path`); an
+   ambiguous path is refused with 400, a path into ``/.sso/`` spelled another way
+   (``//.sso/``) too;
+2. the upstream is selected by host and canonical path; none: 404;
+3. session and policy decide on that canonical path: no session -> 302 to
+   ``/.sso/start`` for a browser navigation (GET/HEAD), 401 JSON for everything
+   else; denied -> 403 page naming the tiers that would do;
+4. the request goes upstream with exactly ``encode_path`` of the canonical path
+   (minus a stripped prefix), identity headers and the signed assertion added,
+   hop-by-hop and forwarding headers replaced, the gateway's cookies removed;
+   request and response bodies are streamed, never held whole in memory;
+5. upstream failures become 502/504 pages; state-changing requests are audited.
+"""
+
+from __future__ import annotations
+
+import http
+import logging
+import re
+from collections.abc import Iterable, Iterator
+from typing import Any
+from urllib.parse import quote
+
+import urllib3
+from flask import Flask
+from werkzeug.wrappers import Request
+
+from gateway.core.errors import AmbiguousPath, StoreUnavailable
+from gateway.core.model import Decision, Identity, Outcome, RequestInfo
+from gateway.core.paths import normalise_path
+from gateway.services import Services
+from gateway.sessions.manager import Session
+from gateway.upstreams import Upstream, UpstreamTable
+from gateway.views.common import client_ip, load_session, now_dt, public_scheme, wants_json
+from gateway.views.respond import json_answer, page
+
+log = logging.getLogger(__name__)
+
+CHUNK = 64 * 1024
+SSO_PREFIX = "/.sso/"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+# RFC 9110 7.6.1 plus the non-standard ones still seen in the wild
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# inbound headers the gateway replaces or that only a proxy may set
+_NOT_FORWARDED = HOP_BY_HOP | {
+    "host",
+    "expect",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-uri",
+    "x-forwarded-method",
+    "x-original-url",
+    "x-original-method",
+    "x-real-ip",
+}
+# upstream answer headers the gateway's server writes itself
+_NOT_RETURNED = HOP_BY_HOP | {"date", "server"}
+_HOST = re.compile(r"[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?\Z|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?\Z")
+_QUERY = re.compile(r"[!-~]*\Z")  # printable ASCII, no space (browsers encode the rest)
+_DIGITS = re.compile(r"[0-9]{1,19}\Z")
+
+
+class ProxyApp:
+    """WSGI middleware: ``/.sso/...`` goes to Flask, everything else upstream."""
+
+    def __init__(self, flask_wsgi: Any, app: Flask, svc: Services, table: UpstreamTable) -> None:
+        self.flask_wsgi = flask_wsgi
+        self.app = app
+        self.svc = svc
+        self.table = table
+        base = svc.settings.cookie.name
+        self._own_cookie = re.compile(
+            r"(?:__Host-|__Secure-)?" + re.escape(base) + r"(?:_[A-Za-z0-9_]*)?\Z"
+        )
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        path_info: str = environ.get("PATH_INFO") or "/"
+        if path_info.startswith(SSO_PREFIX) or path_info == SSO_PREFIX[:-1]:
+            return self.flask_wsgi(environ, start_response)  # type: ignore[no-any-return]
+        try:
+            return self._proxy(environ, start_response)
+        except Exception:
+            log.exception("proxying failed")
+            self.svc.audit.emit("error", where="proxy", reason="internal error; failed closed")
+            return self._page(
+                environ,
+                start_response,
+                503,
+                "Temporarily unavailable",
+                "The gateway cannot decide right now. Try again in a moment.",
+            )
+
+    # -- answers -------------------------------------------------------------------
+    def _page(
+        self, environ: dict[str, Any], start_response: Any, status: int, title: str, message: str
+    ) -> Iterable[bytes]:
+        req = Request(environ)
+        with self.app.app_context():
+            if wants_json(req) or _is_upgrade(environ):
+                resp = json_answer(
+                    status, {"error": _ERRORS.get(status, "error"), "message": message}
+                )
+            else:
+                resp = page(
+                    "error.html",
+                    status,
+                    site_name=self.svc.settings.site_name,
+                    title=title,
+                    message=message,
+                )
+        return resp(environ, start_response)
+
+    def _login(
+        self, environ: dict[str, Any], start_response: Any, req: Request, decision: Decision
+    ) -> Iterable[bytes]:
+        navigation = req.method in ("GET", "HEAD") and not _is_upgrade(environ)
+        if not navigation or wants_json(req):
+            error = "fresh_login_required" if decision.step_up else "login_required"
+            with self.app.app_context():
+                resp = json_answer(401, {"error": error})
+            return resp(environ, start_response)
+        # what /.sso/start checks rd against: this request's host and public scheme
+        target = f"{public_scheme(self.svc, req)}://{req.host}{_raw_uri(environ)}"
+        location = "/.sso/start?rd=" + quote(target, safe="")
+        if decision.step_up:
+            location += "&prompt=login"
+        start_response(
+            "302 Found",
+            [("Location", location), ("Cache-Control", "no-store"), ("Content-Length", "0")],
+        )
+        return [b""]
+
+    def _denied(
+        self, environ: dict[str, Any], start_response: Any, req: Request, decision: Decision
+    ) -> Iterable[bytes]:
+        tiers = list(decision.required_tiers)
+        with self.app.app_context():
+            if wants_json(req) or _is_upgrade(environ):
+                resp = json_answer(403, {"error": "forbidden", "required_tiers": tiers})
+            else:
+                needed = ", ".join(tiers) if tiers else "none that you hold"
+                resp = page(
+                    "error.html",
+                    403,
+                    site_name=self.svc.settings.site_name,
+                    title="Access denied",
+                    message=f"This page needs the tier: {needed}. Ask your administrator "
+                    "if you should have it.",
+                )
+        return resp(environ, start_response)
+
+    # -- the request ---------------------------------------------------------------
+    def _proxy(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        svc = self.svc
+        req = Request(environ)
+        ip = client_ip(svc, req)
+        raw_uri = _raw_uri(environ)
+        raw_path, _, query = raw_uri.partition("?")
+        host = req.host or ""
+        try:
+            if not _HOST.match(host):
+                raise AmbiguousPath("the Host header is not a host name")
+            if not _QUERY.match(query):
+                raise AmbiguousPath("the query string has raw spaces or non-ASCII characters")
+            path = normalise_path(raw_path)
+            if path.startswith(SSO_PREFIX) or path == SSO_PREFIX[:-1]:
+                raise AmbiguousPath("a path into /.sso/ spelled another way")
+        except AmbiguousPath as exc:
+            svc.audit.emit("denied", reason="ambiguous-request", detail=str(exc), client_ip=ip)
+            return self._page(
+                environ,
+                start_response,
+                400,
+                "Bad request",
+                "The address of this request cannot be read unambiguously.",
+            )
+        upstream = self.table.select(host, path)
+        if upstream is None:
+            if svc.audit_limiter.allow(("no-upstream", ip), svc.clock()):
+                svc.audit.emit(
+                    "proxy_no_upstream",
+                    host=host[:253],
+                    path=path[:200],
+                    client_ip=ip,
+                    note="reported at most once a minute per address",
+                )
+            return self._page(
+                environ,
+                start_response,
+                404,
+                "Not found",
+                "This gateway does not serve that address.",
+            )
+        scheme = self._forwarded(environ, req)[1]
+        info = RequestInfo(
+            host=host.lower(), path=path, method=req.method, client_ip=ip, scheme=scheme
+        )
+        now = svc.clock()
+        try:
+            loaded = load_session(svc, req, now)
+            session = loaded if isinstance(loaded, Session) else None
+            identity = session.identity if session is not None else None
+            decision = svc.policy.current.evaluate(identity, info, now_dt(svc, now))
+            if session is not None and decision.outcome is Outcome.ALLOW and not decision.passive:
+                svc.sessions.touch(session, now)
+        except StoreUnavailable as exc:
+            svc.audit.emit("store_unavailable", where="proxy", detail=str(exc))
+            return self._page(
+                environ,
+                start_response,
+                503,
+                "Temporarily unavailable",
+                "The session store cannot be reached. Try again in a moment.",
+            )
+        if decision.outcome is Outcome.LOGIN:
+            return self._login(environ, start_response, req, decision)
+        if decision.outcome is Outcome.DENY:
+            if identity is not None:
+                svc.audit.emit(
+                    "denied",
+                    user=identity.subject,
+                    tier=decision.tier,
+                    route=decision.route,
+                    reasons=decision.reasons,
+                    host=info.host,
+                    path=path,
+                    method=info.method,
+                    client_ip=ip,
+                )
+            return self._denied(environ, start_response, req, decision)
+        if decision.outcome is Outcome.ERROR:
+            return self._page(
+                environ,
+                start_response,
+                503,
+                "Temporarily unavailable",
+                "The gateway cannot decide right now.",
+            )
+        identity_headers: list[tuple[str, str]] = []
+        if decision.outcome is Outcome.ALLOW and identity is not None and session is not None:
+            jwt = None
+            if svc.signer is not None:
+                jwt = svc.signer.sign(identity, decision.tier, session.key, now)
+            identity_headers = svc.header_cache.headers(identity, decision.tier, jwt, session.key)
+        return self._forward(
+            environ,
+            start_response,
+            req,
+            upstream,
+            info,
+            query,
+            identity,
+            decision,
+            identity_headers,
+        )
+
+    def _forward(
+        self,
+        environ: dict[str, Any],
+        start_response: Any,
+        req: Request,
+        upstream: Upstream,
+        info: RequestInfo,
+        query: str,
+        identity: Identity | None,
+        decision: Decision,
+        identity_headers: list[tuple[str, str]],
+    ) -> Iterable[bytes]:
+        svc = self.svc
+        headers = self._request_headers(environ, req, upstream, info, identity_headers)
+        body: Iterable[bytes] | bytes | None
+        body, length = _request_body(environ)
+        if length is not None:
+            headers.append(("Content-Length", str(length)))
+        url = upstream.upstream_path(info.path) + ("?" + query if query else "")
+        state_changing = info.method not in SAFE_METHODS
+        audit_fields: dict[str, Any] = {
+            "user": identity.subject if identity is not None else None,
+            "tier": decision.tier,
+            "upstream": upstream.name,
+            "method": info.method,
+            "path": info.path,
+            "client_ip": info.client_ip,
+        }
+        try:
+            resp = upstream.pool.urlopen(
+                info.method,
+                url,
+                body=body,
+                headers=urllib3.HTTPHeaderDict(headers),
+                redirect=False,
+                retries=False,
+                preload_content=False,
+                decode_content=False,
+                assert_same_host=False,
+                chunked=body is not None and length is None,
+                timeout=upstream.timeout,
+            )
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            # NewConnectionError (refused, unreachable) subclasses ConnectTimeoutError
+            timeout = isinstance(exc, urllib3.exceptions.TimeoutError) and not isinstance(
+                exc, urllib3.exceptions.NewConnectionError
+            )
+            status = 504 if timeout else 502
+            svc.audit.emit(
+                "upstream_error",
+                **audit_fields,
+                status=status,
+                reason="timeout" if timeout else _failure_kind(exc),
+                detail=str(exc)[:300],
+            )
+            if state_changing:
+                svc.audit.emit("proxy_action", **audit_fields, status=status)
+            title = "Upstream timed out" if timeout else "Upstream unavailable"
+            message = (
+                f"The {upstream.name} service did not answer in time."
+                if timeout
+                else f"The {upstream.name} service could not be reached."
+            )
+            return self._page(environ, start_response, status, title, message)
+        if state_changing:
+            svc.audit.emit("proxy_action", **audit_fields, status=resp.status)
+        public_origin = f"{info.scheme}://{req.host}"
+        out: list[tuple[str, str]] = []
+        connection_named = _connection_tokens(resp.headers.getlist("Connection"))
+        for name, value in resp.headers.iteritems():
+            lower = name.lower()
+            if lower in _NOT_RETURNED or lower in connection_named:
+                continue
+            if lower == "location":
+                value = upstream.public_location(value, public_origin)
+            elif lower == "set-cookie" and self._sets_own_cookie(value):
+                continue  # an upstream must never set (or clear) the gateway's cookies
+            out.append((name, value))
+        start_response(f"{resp.status} {_reason(resp.status)}", out)
+        return _Relay(resp, svc, audit_fields)
+
+    def _request_headers(
+        self,
+        environ: dict[str, Any],
+        req: Request,
+        upstream: Upstream,
+        info: RequestInfo,
+        identity_headers: list[tuple[str, str]],
+    ) -> list[tuple[str, str]]:
+        svc = self.svc
+        connection_named = _connection_tokens([environ.get("HTTP_CONNECTION", "")])
+        own = svc.identity_header_names
+        headers: list[tuple[str, str]] = []
+        for key, value in environ.items():
+            if not key.startswith("HTTP_"):
+                continue
+            name = key[5:].replace("_", "-").lower()
+            if name in _NOT_FORWARDED or name in connection_named or name in own:
+                continue
+            if name == "cookie":
+                value = self._without_own_cookies(value)
+                if not value:
+                    continue
+            headers.append((name.title(), value))
+        if environ.get("CONTENT_TYPE"):
+            headers.append(("Content-Type", environ["CONTENT_TYPE"]))
+        headers.append(
+            ("Host", req.host if upstream.settings.preserve_host else upstream.host_header)
+        )
+        chain, proto, host = self._forwarded(environ, req)
+        headers.append(("X-Forwarded-For", ", ".join(chain)))
+        headers.append(("X-Forwarded-Proto", proto))
+        headers.append(("X-Forwarded-Host", host))
+        headers.extend(identity_headers)
+        return headers
+
+    def _forwarded(self, environ: dict[str, Any], req: Request) -> tuple[list[str], str, str]:
+        """(X-Forwarded-For chain, proto, host) to send upstream: what the
+        ``proxy.trusted_hops`` proxies in front said (only when the peer is in
+        ``network.trusted_proxies``), else this connection's own facts."""
+        svc = self.svc
+        remote = req.remote_addr or ""
+        hops = svc.settings.proxy.trusted_hops
+        chain: list[str] = []
+        proto, host = _connection_scheme(environ), req.host
+        if hops and remote in svc.trusted_proxies:
+            entries = [e.strip() for e in environ.get("HTTP_X_FORWARDED_FOR", "").split(",")]
+            entries = [e for e in entries if e]
+            if entries and all(_is_ip(e) for e in entries[-hops:]):
+                chain = entries[-hops:]
+            fproto = environ.get("HTTP_X_FORWARDED_PROTO", "").split(",")[-1].strip().lower()
+            if fproto in ("http", "https"):
+                proto = fproto
+            fhost = environ.get("HTTP_X_FORWARDED_HOST", "").split(",")[-1].strip()
+            if fhost and _HOST.match(fhost):
+                host = fhost
+        chain.append(remote)
+        return chain, proto, host
+
+    def _without_own_cookies(self, header: str) -> str:
+        kept = []
+        for part in header.split(";"):
+            name = part.partition("=")[0].strip()
+            if name and not self._own_cookie.match(name):
+                kept.append(part.strip())
+        return "; ".join(kept)
+
+    def _sets_own_cookie(self, set_cookie: str) -> bool:
+        name = set_cookie.partition("=")[0].strip()
+        return bool(self._own_cookie.match(name))
+
+
+class _Relay:
+    """The upstream's body, passed on as it arrives (``read1``: whatever is there,
+    up to CHUNK bytes), and the upstream response closed when the client is done
+    or gone."""
+
+    def __init__(self, resp: Any, svc: Services, audit_fields: dict[str, Any]) -> None:
+        self.resp = resp
+        self.svc = svc
+        self.audit_fields = audit_fields
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            try:
+                data: bytes = self.resp.read1(CHUNK, decode_content=False)
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                self.svc.audit.emit(
+                    "upstream_error",
+                    **self.audit_fields,
+                    status=self.resp.status,
+                    reason="stream-interrupted",
+                    detail=str(exc)[:300],
+                )
+                raise  # the server then drops the connection: never a silently cut body
+            if not data:
+                return
+            yield data
+
+    def close(self) -> None:
+        self.resp.close()
+        self.resp.release_conn()
+
+
+def _request_body(environ: dict[str, Any]) -> tuple[Iterable[bytes] | None, int | None]:
+    """(body, Content-Length): a generator over ``wsgi.input``, never read whole."""
+    stream = environ["wsgi.input"]
+    length_text = (environ.get("CONTENT_LENGTH") or "").strip()
+    if length_text:
+        if not _DIGITS.match(length_text):
+            raise ValueError("bad Content-Length")  # the server has refused these already
+        length = int(length_text)
+
+        def fixed() -> Iterator[bytes]:
+            left = length
+            while left > 0:
+                data = stream.read(min(CHUNK, left))
+                if not data:
+                    raise OSError("the client sent less than its Content-Length")
+                left -= len(data)
+                yield data
+
+        return fixed(), length
+    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+
+        def chunked() -> Iterator[bytes]:
+            while True:
+                data = stream.read(CHUNK)
+                if not data:
+                    return
+                yield data
+
+        return chunked(), None
+    return None, None
+
+
+def _raw_uri(environ: dict[str, Any]) -> str:
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if raw:
+        return str(raw)
+    path = quote(
+        environ.get("PATH_INFO", "/").encode("latin-1").decode("utf-8", "replace"),
+        safe="/;=@:+$,!*'()&~",
+    )
+    query = environ.get("QUERY_STRING", "")
+    return path + ("?" + query if query else "")
+
+
+def _connection_scheme(environ: dict[str, Any]) -> str:
+    """The scheme of the connection itself.  gunicorn rewrites ``wsgi.url_scheme``
+    from X-Forwarded-Proto for its ``forwarded_allow_ips``, which would let a
+    browser on such an address speak for itself even with ``trusted_hops: 0``."""
+    sock = environ.get("gunicorn.socket")
+    if sock is None:
+        return str(environ.get("wsgi.url_scheme", "http"))
+    return "https" if hasattr(sock, "getpeercert") else "http"
+
+
+def _is_upgrade(environ: dict[str, Any]) -> bool:
+    return "upgrade" in _connection_tokens([environ.get("HTTP_CONNECTION", "")]) or bool(
+        environ.get("HTTP_UPGRADE")
+    )
+
+
+def _connection_tokens(values: Iterable[str]) -> frozenset[str]:
+    return frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip())
+
+
+def _is_ip(text: str) -> bool:
+    from gateway.core.network import parse_address
+
+    return parse_address(text) is not None
+
+
+def _reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def _failure_kind(exc: BaseException) -> str:
+    if isinstance(exc, urllib3.exceptions.SSLError):
+        return "tls"
+    if isinstance(exc, urllib3.exceptions.NewConnectionError | ConnectionRefusedError):
+        return "connect"
+    return "protocol"
+
+
+_ERRORS = {
+    400: "bad_request",
+    404: "not_found",
+    502: "bad_gateway",
+    503: "unavailable",
+    504: "gateway_timeout",
+}

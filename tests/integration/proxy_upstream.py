@@ -1,0 +1,192 @@
+"""The dashboard behind the gateway in proxy mode: a small threaded HTTP/1.1
+server written for the tests.  What it does depends on the last path segment:
+
+* ``.../chunked``   three chunks, the second only after ``release`` is set;
+* ``.../mjpeg``     a ``multipart/x-mixed-replace`` stream of two JPEG-ish parts,
+  the second only after ``release`` is set;
+* ``.../download``  ``?size=N`` bytes streamed from memory with a Content-Length;
+* ``.../upload``    reads the body (Content-Length or chunked) and answers with
+  how many bytes arrived;
+* ``.../redirect``  302 to this server's own absolute ``/base/login`` URL;
+* ``.../setcookie`` sets a cookie of its own and one named like the gateway's;
+* ``.../slow``      waits 3 s before answering (longer than the read timeout);
+* anything else     200 with the request line and headers as JSON.
+
+Every request's line and headers are remembered (``seen``).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from tests.integration.conftest import SeenRequest
+
+BLOCK = b"\xa5" * (256 * 1024)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.seen: list[SeenRequest] = []
+        self.lock = threading.Lock()
+        self.release = threading.Event()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def _send(
+        self, status: int, body: bytes, ctype: str = "application/json", **extra: str
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in extra.items():
+            self.send_header(name.replace("_", "-"), value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _read_body(self) -> int:
+        total = 0
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return total
+                left = size
+                while left:
+                    got = len(self.rfile.read(min(left, 1 << 20)))
+                    if not got:
+                        raise OSError("short chunk")
+                    left -= got
+                total += size
+                self.rfile.readline()
+        left = int(self.headers.get("Content-Length") or 0)
+        while left:
+            got = len(self.rfile.read(min(left, 1 << 20)))
+            if not got:
+                raise OSError("short body")
+            left -= got
+            total += got
+        return total
+
+    def _answer(self) -> None:
+        seen = SeenRequest(self.command, self.path, tuple(self.headers.items()))
+        with self.server.lock:
+            self.server.seen.append(seen)
+        url = urlsplit(self.path)
+        last = url.path.rstrip("/").rsplit("/", 1)[-1]
+        if last == "upload":
+            count = self._read_body()
+            self._send(200, json.dumps({"received": count}).encode())
+            return
+        self._read_body()
+        if last == "chunked":
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i, part in enumerate((b"first;", b"second;", b"third")):
+                if i == 1:
+                    self.server.release.wait(10)
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+        elif last == "mjpeg":
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            for i in range(2):
+                if i == 1:
+                    self.server.release.wait(10)
+                frame = b"\xff\xd8frame-%d\xff\xd9" % i
+                self.wfile.write(
+                    b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n"
+                    % (len(frame), frame)
+                )
+                self.wfile.flush()
+            self.close_connection = True
+        elif last == "download":
+            size = int(parse_qs(url.query).get("size", ["0"])[0])
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            left = size
+            while left:
+                piece = BLOCK[: min(left, len(BLOCK))]
+                self.wfile.write(piece)
+                left -= len(piece)
+        elif last == "redirect":
+            port = self.server.server_address[1]
+            self._send(302, b"", "text/plain", Location=f"http://127.0.0.1:{port}/base/login?x=1")
+        elif last == "setcookie":
+            self.send_response(200)
+            self.send_header("Set-Cookie", "JSESSIONID=device-session; Path=/")
+            self.send_header("Set-Cookie", "sso_gw=planted-by-upstream; Path=/")
+            self.send_header("Set-Cookie", "sso_gw_csrf=planted; Path=/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif last == "slow":
+            time.sleep(3)
+            self._send(200, b"{}")
+        else:
+            payload = json.dumps(seen.as_json()).encode()
+            self._send(200, payload, Connection="X-Upstream-Private", X_Upstream_Private="x")
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _answer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+class ProxyUpstream:
+    def __init__(self) -> None:
+        self._server = _Server()
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        port: int = self._server.server_address[1]
+        return port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def release(self) -> threading.Event:
+        return self._server.release
+
+    @property
+    def seen(self) -> list[SeenRequest]:
+        with self._server.lock:
+            return list(self._server.seen)
+
+    def reset(self) -> None:
+        with self._server.lock:
+            self._server.seen.clear()
+        self._server.release.clear()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.release.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
