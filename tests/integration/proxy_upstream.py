@@ -18,6 +18,7 @@ Every request's line and headers are remembered (``seen``).
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,8 +33,10 @@ BLOCK = b"\xa5" * (256 * 1024)
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
+        if tls is not None:
+            self.socket = tls.wrap_socket(self.socket, server_side=True)
         self.seen: list[SeenRequest] = []
         self.lock = threading.Lock()
         self.release = threading.Event()
@@ -139,12 +142,32 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Set-Cookie", "sso_gw_csrf=planted; Path=/")
             self.send_header("Content-Length", "0")
             self.end_headers()
+        elif last == "range":
+            self._range()
         elif last == "slow":
             time.sleep(3)
             self._send(200, b"{}")
         else:
             payload = json.dumps(seen.as_json()).encode()
             self._send(200, payload, Connection="X-Upstream-Private", X_Upstream_Private="x")
+
+    def _range(self) -> None:
+        data = bytes(range(256)) * 4
+        wanted = self.headers.get("Range") or ""
+        if wanted.startswith("bytes=") and "-" in wanted:
+            first, _, last = wanted[6:].partition("-")
+            start, end = int(first), min(int(last or len(data) - 1), len(data) - 1)
+            part = data[start : end + 1]
+            self._send(206, part, "application/octet-stream",
+                       Content_Range=f"bytes {start}-{end}/{len(data)}")  # fmt: skip
+        else:
+            self._send(200, data, "application/octet-stream", Accept_Ranges="bytes")
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (ssl.SSLError, ConnectionError):
+            return  # a refused TLS client: nothing to answer
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _answer
 
@@ -153,8 +176,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class ProxyUpstream:
-    def __init__(self) -> None:
-        self._server = _Server()
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self._server = _Server(tls)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -166,7 +189,8 @@ class ProxyUpstream:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if isinstance(self._server.socket, ssl.SSLSocket) else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def release(self) -> threading.Event:

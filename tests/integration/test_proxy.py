@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ from tests.integration.conftest import (
     start_gateway,
     submit_login,
 )
+from tests.integration.pki import make_pki
 from tests.integration.proxy_upstream import ProxyUpstream
 from tests.peers import free_port
 
@@ -84,6 +86,15 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     upstream = ProxyUpstream()
     upstream.start()
     request.addfinalizer(upstream.stop)
+    pki = make_pki(tmp_path_factory.mktemp("pki"))
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(pki.server_cert, pki.server_key)
+    tls.verify_mode = ssl.CERT_REQUIRED  # a device that wants the gateway's certificate
+    tls.load_verify_locations(pki.ca)
+    device = ProxyUpstream(tls)
+    device.start()
+    request.addfinalizer(device.stop)
+    client_tls = {"client_cert": str(pki.client_cert), "client_key": str(pki.client_key)}
     dead_port = free_port()  # nobody listens here
     hosts = ["127.0.0.1", "localhost"]
     settings: dict[str, Any] = {
@@ -101,6 +112,26 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
                     "match": {"hosts": hosts, "path_prefix": "/pbx", "strip_prefix": True},
                     "url": upstream.url + "/base",
                     "logout_cookies": ["PBXSESSION"],
+                },
+                {
+                    "name": "records",
+                    "match": {"hosts": hosts, "path_prefix": "/records"},
+                    "url": device.url,
+                    "ca_bundle": str(pki.ca),
+                    **client_tls,
+                },
+                {
+                    "name": "records-without-cert",
+                    "match": {"hosts": hosts, "path_prefix": "/records-nocert"},
+                    "url": device.url,
+                    "ca_bundle": str(pki.ca),
+                },
+                {
+                    "name": "records-other-ca",
+                    "match": {"hosts": hosts, "path_prefix": "/records-otherca"},
+                    "url": device.url,
+                    "ca_bundle": str(pki.other_ca),
+                    **client_tls,
                 },
                 {
                     "name": "door-log",
@@ -384,6 +415,33 @@ def test_slow_upstream_is_504(proxied: Stack) -> None:
     assert resp.status_code == 504
     assert time.monotonic() - started < 2.5
     assert proxied.gateway.audit_events("upstream_error")[-1]["reason"] == "timeout"
+
+
+@pytest.mark.parametrize(
+    ("path", "upstream"),
+    [("/records-nocert/x", "records-without-cert"), ("/records-otherca/x", "records-other-ca")],
+)
+def test_tls_failures_are_502(proxied: Stack, path: str, upstream: str) -> None:
+    resp = proxied.client.get(proxied.url(path), timeout=10)
+    assert resp.status_code == 502
+    error = proxied.gateway.audit_events("upstream_error")[-1]
+    assert error["upstream"] == upstream
+    assert error["reason"] in ("tls", "protocol"), error
+
+
+def test_https_upstream_with_private_ca_and_client_certificate(proxied: Stack) -> None:
+    seen = _seen(proxied.client.get(proxied.url("/records/calls?day=1"), timeout=10))
+    assert seen.path == "/records/calls?day=1"
+    assert seen.get("X-Auth-Request-User") == "alice"
+
+
+def test_range_requests_pass_through(proxied: Stack) -> None:
+    resp = proxied.client.get(
+        proxied.url("/console/range"), headers={"Range": "bytes=10-19"}, timeout=10
+    )
+    assert resp.status_code == 206
+    assert resp.headers["Content-Range"] == "bytes 10-19/1024"
+    assert resp.content == bytes(range(10, 20))
 
 
 # -- streaming ---------------------------------------------------------------------
