@@ -26,6 +26,7 @@ from gateway.throttle import LoginThrottle
 if TYPE_CHECKING:  # ldap3 is imported only where a directory is configured
     from gateway.deprovision import DeprovisionWatcher
     from gateway.providers.ldap_groups import DirectoryGroupResolver
+    from gateway.streams import StreamRegistry
     from gateway.upstreams import UpstreamTable
 
 
@@ -67,3 +68,5 @@ class Services:
     deprovision: DeprovisionWatcher | None = None
     # reverse-proxy mode: the upstreams, when proxy.upstreams is configured
     upstreams: UpstreamTable | None = None
+    # open WebSockets and live streams per session (reverse-proxy mode)
+    streams: StreamRegistry | None = None

@@ -11,6 +11,8 @@ upstream: there is no default.
 from __future__ import annotations
 
 import re
+import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,21 @@ class Upstream:
     base: str  # the URL's path, without a trailing slash
     pool: urllib3.HTTPConnectionPool
     timeout: urllib3.Timeout
+    address: tuple[str, int]
+    tls: ssl.SSLContext | None  # for connections outside the pool (WebSockets)
+
+    def connect(self) -> socket.socket:
+        """A new connection of its own (TLS verified as for the pool), for a
+        WebSocket: ``read_timeout`` is then the longest silence allowed."""
+        sock = socket.create_connection(self.address, timeout=self.settings.connect_timeout)
+        try:
+            if self.tls is not None:
+                sock = self.tls.wrap_socket(sock, server_hostname=self.address[0])
+            sock.settimeout(self.settings.read_timeout)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     def covers(self, path: str) -> bool:
         return not self.prefix or path == self.prefix or path.startswith(self.prefix + "/")
@@ -118,7 +135,16 @@ def _build(cfg: UpstreamSettings, resolve_path: Callable[[Path], Path]) -> Upstr
     origins = {f"{scheme}://{literal}:{port}".lower(), f"{scheme}://{host_header}".lower()}
     timeout = urllib3.Timeout(connect=cfg.connect_timeout, read=cfg.read_timeout)
     pool: urllib3.HTTPConnectionPool
+    tls = None
     if scheme == "https":
+        tls = ssl.create_default_context(
+            cafile=str(resolve_path(cfg.ca_bundle)) if cfg.ca_bundle else None
+        )
+        if cfg.client_cert is not None:
+            tls.load_cert_chain(
+                str(resolve_path(cfg.client_cert)),
+                str(resolve_path(cfg.client_key)) if cfg.client_key else None,
+            )
         pool = urllib3.HTTPSConnectionPool(
             host,
             port,
@@ -149,4 +175,6 @@ def _build(cfg: UpstreamSettings, resolve_path: Callable[[Path], Path]) -> Upstr
         base=base,
         pool=pool,
         timeout=timeout,
+        address=(host, port),
+        tls=tls,
     )

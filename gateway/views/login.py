@@ -232,6 +232,8 @@ def logout() -> Response:
         loaded = load_session(svc, request, now)
         if isinstance(loaded, Session):
             svc.sessions.delete(loaded.key)
+            if svc.streams is not None:  # this process at once; the others within seconds
+                svc.streams.end_session(loaded.key, "logout")
             onward = idp_logout(svc, request, loaded, rd or "")
             if svc.signer is not None:
                 svc.signer.forget(loaded.key)

@@ -21,8 +21,10 @@ allowed, streamed to the upstream its host and path select.
 from __future__ import annotations
 
 import http
+import http.client
 import logging
 import re
+import socket
 from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import quote
@@ -36,6 +38,7 @@ from gateway.core.model import Decision, Identity, Outcome, RequestInfo
 from gateway.core.paths import normalise_path
 from gateway.services import Services
 from gateway.sessions.manager import Session
+from gateway.streams import StreamHandle, StreamRegistry
 from gateway.upstreams import Upstream, UpstreamTable
 from gateway.views.common import client_ip, load_session, now_dt, public_scheme, wants_json
 from gateway.views.respond import json_answer, page
@@ -88,11 +91,24 @@ _DIGITS = re.compile(r"[0-9]{1,19}\Z")
 class ProxyApp:
     """WSGI middleware: ``/.sso/...`` goes to Flask, everything else upstream."""
 
-    def __init__(self, flask_wsgi: Any, app: Flask, svc: Services, table: UpstreamTable) -> None:
+    def __init__(
+        self,
+        flask_wsgi: Any,
+        app: Flask,
+        svc: Services,
+        table: UpstreamTable,
+        streams: StreamRegistry,
+        *,
+        websockets: bool,
+    ) -> None:
         self.flask_wsgi = flask_wsgi
         self.app = app
         self.svc = svc
         self.table = table
+        self.streams = streams
+        # WebSockets need the raw connection and a greenlet per direction:
+        # only under gunicorn's gevent worker
+        self.websockets = websockets
         base = svc.settings.cookie.name
         self._own_cookie = re.compile(
             r"(?:__Host-|__Secure-)?" + re.escape(base) + r"(?:_[A-Za-z0-9_]*)?\Z"
@@ -267,6 +283,24 @@ class ProxyApp:
             if svc.signer is not None:
                 jwt = svc.signer.sign(identity, decision.tier, session.key, now)
             identity_headers = svc.header_cache.headers(identity, decision.tier, jwt, session.key)
+        owner = (
+            (session.key, identity.subject)
+            if decision.outcome is Outcome.ALLOW and identity is not None and session is not None
+            else None
+        )
+        if _is_upgrade(environ):
+            return self._websocket(
+                environ,
+                start_response,
+                req,
+                upstream,
+                info,
+                query,
+                decision,
+                identity,
+                identity_headers,
+                owner,
+            )
         return self._forward(
             environ,
             start_response,
@@ -277,6 +311,7 @@ class ProxyApp:
             identity,
             decision,
             identity_headers,
+            owner,
         )
 
     def _forward(
@@ -290,6 +325,7 @@ class ProxyApp:
         identity: Identity | None,
         decision: Decision,
         identity_headers: list[tuple[str, str]],
+        owner: tuple[str, str] | None,
     ) -> Iterable[bytes]:
         svc = self.svc
         headers = self._request_headers(environ, req, upstream, info, identity_headers)
@@ -346,19 +382,153 @@ class ProxyApp:
         if state_changing:
             svc.audit.emit("proxy_action", **audit_fields, status=resp.status)
         public_origin = f"{info.scheme}://{req.host}"
-        out: list[tuple[str, str]] = []
-        connection_named = _connection_tokens(resp.headers.getlist("Connection"))
-        for name, value in resp.headers.iteritems():
-            lower = name.lower()
-            if lower in _NOT_RETURNED or lower in connection_named:
-                continue
-            if lower == "location":
-                value = upstream.public_location(value, public_origin)
-            elif lower == "set-cookie" and self._sets_own_cookie(value):
-                continue  # an upstream must never set (or clear) the gateway's cookies
-            out.append((name, value))
+        out = self._answer_headers(list(resp.headers.iteritems()), upstream, public_origin)
         start_response(f"{resp.status} {_reason(resp.status)}", out)
-        return _Relay(resp, svc, audit_fields)
+        return _Relay(resp, svc, audit_fields, self.streams, owner, upstream.name)
+
+    # -- WebSockets ------------------------------------------------------------------
+    def _websocket(
+        self,
+        environ: dict[str, Any],
+        start_response: Any,
+        req: Request,
+        upstream: Upstream,
+        info: RequestInfo,
+        query: str,
+        decision: Decision,
+        identity: Identity | None,
+        identity_headers: list[tuple[str, str]],
+        owner: tuple[str, str] | None,
+    ) -> Iterable[bytes]:
+        """Relay an authorised WebSocket upgrade: the handshake goes upstream on a
+        connection of its own; after its ``101`` the bytes are copied both ways
+        unchanged (the endpoints do the framing) until either side closes, the
+        upstream is silent for ``read_timeout``, or the session ends."""
+        svc = self.svc
+        client = environ.get("gunicorn.socket")
+        if not self.websockets or client is None:
+            return self._page(
+                environ,
+                start_response,
+                501,
+                "Not supported",
+                "WebSockets need the gevent worker (listen.worker_class).",
+            )
+        if req.method != "GET" or environ.get("HTTP_UPGRADE", "").strip().lower() != "websocket":
+            svc.audit.emit(
+                "denied",
+                reason="ambiguous-request",
+                detail="an upgrade that is not a WebSocket GET",
+                client_ip=info.client_ip,
+            )
+            return self._page(
+                environ,
+                start_response,
+                400,
+                "Bad request",
+                "Only WebSocket upgrades (GET, Upgrade: websocket) are relayed.",
+            )
+        fields: dict[str, Any] = {
+            "user": identity.subject if identity is not None else None,
+            "tier": decision.tier,
+            "upstream": upstream.name,
+            "path": info.path,
+            "client_ip": info.client_ip,
+        }
+        headers = self._request_headers(environ, req, upstream, info, identity_headers)
+        headers += [("Connection", "Upgrade"), ("Upgrade", "websocket")]
+        target = upstream.upstream_path(info.path) + ("?" + query if query else "")
+        head = f"GET {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
+        try:
+            sock = upstream.connect()
+        except OSError as exc:
+            timeout = isinstance(exc, TimeoutError | socket.timeout)
+            status = 504 if timeout else 502
+            svc.audit.emit(
+                "upstream_error",
+                **fields,
+                method="GET",
+                status=status,
+                reason="timeout" if timeout else _failure_kind(exc),
+                detail=str(exc)[:300],
+            )
+            return self._page(
+                environ,
+                start_response,
+                status,
+                "Upstream unavailable",
+                f"The {upstream.name} service could not be reached.",
+            )
+        try:
+            sock.sendall((head + "\r\n").encode("latin-1"))
+            answer = http.client.HTTPResponse(sock, method="GET")
+            answer.begin()
+        except (OSError, http.client.HTTPException, UnicodeEncodeError) as exc:
+            sock.close()
+            timeout = isinstance(exc, TimeoutError | socket.timeout)
+            status = 504 if timeout else 502
+            svc.audit.emit(
+                "upstream_error",
+                **fields,
+                method="GET",
+                status=status,
+                reason="timeout" if timeout else "protocol",
+                detail=str(exc)[:300],
+            )
+            return self._page(
+                environ,
+                start_response,
+                status,
+                "Upstream unavailable",
+                f"The {upstream.name} service did not answer the WebSocket request.",
+            )
+        public_origin = f"{info.scheme}://{req.host}"
+        out = self._answer_headers(answer.getheaders(), upstream, public_origin, keep_upgrade=True)
+        if answer.status != 101:
+            # the upstream said no (e.g. 401 from the device, 404): pass its answer on
+            try:
+                body = answer.read(1024 * 1024)
+            except (OSError, http.client.HTTPException):
+                body = b""
+            finally:
+                answer.close()
+                sock.close()
+            out = [
+                (k, v)
+                for k, v in out
+                if k.lower() not in ("upgrade", "connection", "content-length")
+            ]
+            out.append(("Content-Length", str(len(body))))
+            start_response(f"{answer.status} {_reason(answer.status)}", out)
+            return [body]
+        reader = answer.fp  # buffered: may already hold the upstream's first frames
+        answer.fp = None  # type: ignore[assignment]  # keep http.client from closing it
+        status_line = "HTTP/1.1 101 Switching Protocols\r\n"
+        client_head = status_line + "".join(f"{k}: {v}\r\n" for k, v in out) + "\r\n"
+        svc.audit.emit("websocket_opened", **fields)
+        handle: StreamHandle | None = None
+
+        def cut() -> None:
+            for s in (sock, client):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        if owner is not None:
+            handle = self.streams.open(owner[0], owner[1], "websocket", upstream.name, cut)
+        try:
+            client.sendall(client_head.encode("latin-1"))
+            _relay_both_ways(client, sock, reader)
+        except OSError:
+            pass
+        finally:
+            if handle is not None:
+                self.streams.done(handle)
+            cut()
+            reader.close()
+            sock.close()
+        return TAKEN_OVER
 
     def _request_headers(
         self,
@@ -418,6 +588,31 @@ class ProxyApp:
         chain.append(remote)
         return chain, proto, host
 
+    def _answer_headers(
+        self,
+        headers: list[tuple[str, str]],
+        upstream: Upstream,
+        public_origin: str,
+        *,
+        keep_upgrade: bool = False,
+    ) -> list[tuple[str, str]]:
+        """The upstream's answer headers as the browser gets them."""
+        named = _connection_tokens(v for k, v in headers if k.lower() == "connection")
+        out: list[tuple[str, str]] = []
+        for name, value in headers:
+            lower = name.lower()
+            if keep_upgrade and lower in ("upgrade", "connection"):
+                out.append((name, value))
+                continue
+            if lower in _NOT_RETURNED or lower in named:
+                continue
+            if lower == "location":
+                value = upstream.public_location(value, public_origin)
+            elif lower == "set-cookie" and self._sets_own_cookie(value):
+                continue  # an upstream must never set (or clear) the gateway's cookies
+            out.append((name, value))
+        return out
+
     def _without_own_cookies(self, header: str) -> str:
         kept = []
         for part in header.split(";"):
@@ -434,18 +629,39 @@ class ProxyApp:
 class _Relay:
     """The upstream's body, passed on as it arrives (``read1``: whatever is there,
     up to CHUNK bytes), and the upstream response closed when the client is done
-    or gone."""
+    or gone.  While it runs it is registered under its session, so that ending
+    the session cuts it (live camera streams, Server-Sent Events)."""
 
-    def __init__(self, resp: Any, svc: Services, audit_fields: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        resp: Any,
+        svc: Services,
+        audit_fields: dict[str, Any],
+        streams: StreamRegistry,
+        owner: tuple[str, str] | None,
+        upstream: str,
+    ) -> None:
         self.resp = resp
         self.svc = svc
         self.audit_fields = audit_fields
+        self.streams = streams
+        self.handle: StreamHandle | None = None
+        if owner is not None:
+            self.handle = streams.open(owner[0], owner[1], "stream", upstream, self._cut)
+
+    def _cut(self) -> None:
+        try:
+            self.resp.shutdown()  # wakes a read1 blocked in another greenlet
+        except (ValueError, RuntimeError, OSError):
+            pass
 
     def __iter__(self) -> Iterator[bytes]:
         while True:
             try:
                 data: bytes = self.resp.read1(CHUNK, decode_content=False)
             except (urllib3.exceptions.HTTPError, OSError) as exc:
+                if self.handle is not None and self.handle.closed_because:
+                    raise SessionEnded(self.handle.closed_because) from None
                 self.svc.audit.emit(
                     "upstream_error",
                     **self.audit_fields,
@@ -454,13 +670,56 @@ class _Relay:
                     detail=str(exc)[:300],
                 )
                 raise  # the server then drops the connection: never a silently cut body
+            if self.handle is not None and self.handle.closed_because:
+                raise SessionEnded(self.handle.closed_because)
             if not data:
                 return
             yield data
 
     def close(self) -> None:
+        if self.handle is not None:
+            self.streams.done(self.handle)
         self.resp.close()
         self.resp.release_conn()
+
+
+class SessionEnded(Exception):
+    """Raised into the server to drop a connection whose session has ended."""
+
+
+class _TakenOver:
+    """Returned when the connection was taken over (a WebSocket): the worker
+    (gateway.workers.FairGeventWorker) then closes it without writing anything."""
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(())
+
+
+TAKEN_OVER = _TakenOver()
+
+
+def _relay_both_ways(client: socket.socket, upstream: socket.socket, reader: Any) -> None:
+    """Copy upstream -> client in a greenlet, client -> upstream here, until one
+    side ends; then shut both down so the other copy ends too."""
+    import gevent
+
+    def pump(read: Any, dst: socket.socket) -> None:
+        try:
+            while data := read(CHUNK):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (client, upstream):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    down = gevent.spawn(pump, reader.read1, client)
+    client.settimeout(None)  # silence is limited on the upstream side (read_timeout)
+    pump(client.recv, upstream)
+    down.join()
 
 
 def _request_body(environ: dict[str, Any]) -> tuple[Iterable[bytes] | None, int | None]:

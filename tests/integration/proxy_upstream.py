@@ -214,3 +214,40 @@ class ProxyUpstream:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+class WebSocketUpstream:
+    """An intercom event console's WebSocket endpoint (the ``websockets``
+    library's threaded server): it first sends, as JSON, the path and headers
+    of the handshake it received, then echoes every message back."""
+
+    def __init__(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+        from websockets.sync.server import ServerConnection, serve
+
+        def handler(connection: ServerConnection) -> None:
+            request = connection.request
+            assert request is not None
+            connection.send(
+                json.dumps({"path": request.path, "headers": list(request.headers.raw_items())})
+            )
+            try:
+                for message in connection:
+                    connection.send(message)
+            except ConnectionClosed:
+                return  # the gateway cut the connection (session ended)
+
+        self._server = serve(handler, "127.0.0.1", 0)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        port: int = self._server.socket.getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._thread.join(timeout=5)
