@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from gateway.core.errors import AmbiguousPath, Problem
 from gateway.core.paths import normalise_path
@@ -60,6 +60,23 @@ class UpstreamMatch(_Model):
         return value
 
 
+class DeviceLoginSettings(_Model):
+    """The device's own admin account, used by the gateway for people it has
+    authorised (the credential bridge).  Give the password as ``{file: ...}`` or
+    ``{env: ...}``."""
+
+    scheme: Literal["basic", "digest"]
+    username: str = Field(min_length=1, max_length=256)
+    password: SecretStr
+
+    @field_validator("username")
+    @classmethod
+    def _username(cls, value: str) -> str:
+        if ":" in value or any(c < " " or c == "\x7f" for c in value):
+            raise ValueError("no ':' or control characters")
+        return value
+
+
 class UpstreamSettings(_Model):
     name: str
     match: UpstreamMatch
@@ -76,6 +93,8 @@ class UpstreamSettings(_Model):
     # the upstream's own cookies, expired on /.sso/logout
     logout_cookies: tuple[str, ...] = ()
     pool_size: int = Field(default=10, ge=1, le=1000)
+    # answer the device's Basic/Digest challenge for authorised people
+    device_login: DeviceLoginSettings | None = None
 
     @field_validator("name")
     @classmethod

@@ -22,6 +22,7 @@ import urllib3
 
 from gateway.core.paths import encode_path
 from gateway.core.policy import compile_host_globs, normalise_host
+from gateway.device_auth import DeviceCredentials
 from gateway.settings_proxy import ProxySettings, UpstreamSettings
 
 __all__ = ["Upstream", "UpstreamTable"]
@@ -44,6 +45,7 @@ class Upstream:
     timeout: urllib3.Timeout
     address: tuple[str, int]
     tls: ssl.SSLContext | None  # for connections outside the pool (WebSockets)
+    credentials: DeviceCredentials | None  # the credential bridge, when configured
 
     def connect(self) -> socket.socket:
         """A new connection of its own (TLS verified as for the pool), for a
@@ -177,4 +179,5 @@ def _build(cfg: UpstreamSettings, resolve_path: Callable[[Path], Path]) -> Upstr
         timeout=timeout,
         address=(host, port),
         tls=tls,
+        credentials=DeviceCredentials(cfg.device_login) if cfg.device_login else None,
     )

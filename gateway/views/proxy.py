@@ -36,6 +36,7 @@ from werkzeug.wrappers import Request
 from gateway.core.errors import AmbiguousPath, StoreUnavailable
 from gateway.core.model import Decision, Identity, Outcome, RequestInfo
 from gateway.core.paths import normalise_path
+from gateway.device_auth import DeviceCredentials
 from gateway.services import Services
 from gateway.sessions.manager import Session
 from gateway.streams import StreamHandle, StreamRegistry
@@ -46,6 +47,9 @@ from gateway.views.respond import json_answer, page
 log = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
+# request bodies up to this size are held so that a Digest challenge can be
+# answered by sending them again; larger ones stream (see device_auth)
+REPLAY_LIMIT = 1024 * 1024
 SSO_PREFIX = "/.sso/"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -343,20 +347,58 @@ class ProxyApp:
             "path": info.path,
             "client_ip": info.client_ip,
         }
+        bridge = upstream.credentials if owner is not None else None
+        if upstream.credentials is not None:  # the device's login is the gateway's
+            headers = [(k, v) for k, v in headers if k.lower() != "authorization"]
+        if bridge is not None:
+            if bridge.scheme == "digest" and length is not None and length <= REPLAY_LIMIT:
+                body = b"".join(body) if body is not None else None  # small: may be resent
         try:
-            resp = upstream.pool.urlopen(
-                info.method,
-                url,
-                body=body,
-                headers=urllib3.HTTPHeaderDict(headers),
-                redirect=False,
-                retries=False,
-                preload_content=False,
-                decode_content=False,
-                assert_same_host=False,
-                chunked=body is not None and length is None,
-                timeout=upstream.timeout,
-            )
+            for attempt in (1, 2):
+                sent = list(headers)
+                if bridge is not None:
+                    authorization = bridge.authorization(info.method, url)
+                    if authorization is not None:
+                        sent.append(("Authorization", authorization))
+                resp = upstream.pool.urlopen(
+                    info.method,
+                    url,
+                    body=body,
+                    headers=urllib3.HTTPHeaderDict(sent),
+                    redirect=False,
+                    retries=False,
+                    preload_content=False,
+                    decode_content=False,
+                    assert_same_host=False,
+                    chunked=body is not None and length is None,
+                    timeout=upstream.timeout,
+                )
+                if bridge is None or resp.status != 401:
+                    break
+                retry = bridge.learn(resp.headers.getlist("WWW-Authenticate"))
+                resp.drain_conn()
+                resp.release_conn()
+                replayable = body is None or isinstance(body, bytes)
+                if attempt == 1 and retry and replayable:
+                    continue
+                # a new challenge for a streamed body: the next try carries it
+                unsent = attempt == 1 and retry
+                svc.audit.emit(
+                    "device_login_failed",
+                    **audit_fields,
+                    scheme=bridge.scheme,
+                    reason="challenged, body too large to resend" if unsent else "refused",
+                )
+                if state_changing:
+                    svc.audit.emit("proxy_action", **audit_fields, status=502)
+                return self._page(
+                    environ,
+                    start_response,
+                    502,
+                    "Device sign-in failed",
+                    f"The {upstream.name} device did not accept the gateway's credentials."
+                    + (" Try again." if unsent else ""),
+                )
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             # NewConnectionError (refused, unreachable) subclasses ConnectTimeoutError
             timeout = isinstance(exc, urllib3.exceptions.TimeoutError) and not isinstance(
@@ -438,6 +480,13 @@ class ProxyApp:
         headers = self._request_headers(environ, req, upstream, info, identity_headers)
         headers += [("Connection", "Upgrade"), ("Upgrade", "websocket")]
         target = upstream.upstream_path(info.path) + ("?" + query if query else "")
+        bridge = upstream.credentials if owner is not None else None
+        if upstream.credentials is not None:  # the device's login is the gateway's
+            headers = [(k, v) for k, v in headers if k.lower() != "authorization"]
+        if bridge is not None:
+            authorization = self._device_authorization(upstream, bridge, target)
+            if authorization is not None:
+                headers.append(("Authorization", authorization))
         head = f"GET {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
         try:
             sock = upstream.connect()
@@ -530,6 +579,32 @@ class ProxyApp:
             sock.close()
         return TAKEN_OVER
 
+    def _device_authorization(
+        self, upstream: Upstream, bridge: DeviceCredentials, target: str
+    ) -> str | None:
+        """The Authorization for a WebSocket handshake (which cannot be sent
+        twice): a Digest upstream not heard from yet is asked for its challenge
+        first with a plain GET of the same address."""
+        if bridge.scheme == "digest" and not bridge.has_challenge:
+            try:
+                probe = upstream.pool.urlopen(
+                    "GET",
+                    target,
+                    headers={"Host": upstream.host_header},
+                    redirect=False,
+                    retries=False,
+                    preload_content=False,
+                    timeout=upstream.timeout,
+                    assert_same_host=False,
+                )
+                if probe.status == 401:
+                    bridge.learn(probe.headers.getlist("WWW-Authenticate"))
+                probe.drain_conn()
+                probe.release_conn()
+            except (urllib3.exceptions.HTTPError, OSError):
+                pass  # the handshake itself will report the failure
+        return bridge.authorization("GET", target)
+
     def _request_headers(
         self,
         environ: dict[str, Any],
@@ -606,6 +681,8 @@ class ProxyApp:
                 continue
             if lower in _NOT_RETURNED or lower in named:
                 continue
+            if lower == "www-authenticate" and upstream.credentials is not None:
+                continue  # never a browser prompt for the device's own account
             if lower == "location":
                 value = upstream.public_location(value, public_origin)
             elif lower == "set-cookie" and self._sets_own_cookie(value):

@@ -12,15 +12,20 @@ server written for the tests.  What it does depends on the last path segment:
 * ``.../slow``      waits 3 s before answering (longer than the read timeout);
 * anything else     200 with the request line and headers as JSON.
 
-Every request's line and headers are remembered (``seen``).
+Every request's line and headers are remembered (``seen``).  With a
+:class:`DeviceLogin` every request must first pass HTTP Basic or Digest, as on a
+door controller with one local admin account.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import secrets
 import ssl
 import threading
 import time
+from base64 import b64encode
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -30,11 +35,79 @@ from tests.integration.conftest import SeenRequest
 BLOCK = b"\xa5" * (256 * 1024)
 
 
+class DeviceLogin:
+    """The one local admin account of a device, checked as the device would:
+    HTTP Basic, or Digest with qop=auth (RFC 7616), fresh nonces, and a nonce
+    count that must grow per nonce (a replayed header is refused)."""
+
+    def __init__(
+        self, scheme: str, username: str, password: str, algorithm: str = "SHA-256"
+    ) -> None:
+        self.scheme = scheme
+        self.username = username
+        self.password = password
+        self.algorithm = algorithm
+        self.realm = "door-controller"
+        self.nonces: dict[str, int] = {}  # live nonce -> highest nc seen
+        self.challenges = 0  # 401s sent
+        self.lock = threading.Lock()
+
+    def _hash(self, text: str) -> str:
+        name = {"MD5": "md5", "SHA-256": "sha256"}[self.algorithm]
+        return hashlib.new(name, text.encode()).hexdigest()
+
+    def expire_nonces(self) -> None:
+        with self.lock:
+            self.nonces.clear()
+
+    def challenge(self, stale: bool = False) -> str:
+        with self.lock:
+            self.challenges += 1
+            if self.scheme == "basic":
+                return f'Basic realm="{self.realm}"'
+            nonce = secrets.token_hex(16)
+            self.nonces[nonce] = 0
+        return (
+            f'Digest realm="{self.realm}", qop="auth", algorithm={self.algorithm}, '
+            f'nonce="{nonce}", opaque="0a1b2c"' + (", stale=true" if stale else "")
+        )
+
+    def check(self, method: str, uri: str, header: str | None) -> tuple[bool, bool]:
+        """(accepted, stale)."""
+        if not header:
+            return False, False
+        if self.scheme == "basic":
+            expected = b64encode(f"{self.username}:{self.password}".encode()).decode()
+            return header == f"Basic {expected}", False
+        if not header.lower().startswith("digest "):
+            return False, False
+        fields = {
+            k.strip().lower(): v.strip().strip('"')
+            for k, _, v in (p.partition("=") for p in header[7:].split(","))
+        }
+        nonce, nc = fields.get("nonce", ""), int(fields.get("nc", "0"), 16)
+        with self.lock:
+            if nonce not in self.nonces:
+                return False, True
+            if nc <= self.nonces[nonce] or fields.get("uri") != uri:
+                return False, False
+            ha1 = self._hash(f"{self.username}:{self.realm}:{self.password}")
+            ha2 = self._hash(f"{method}:{uri}")
+            expected = self._hash(
+                f"{ha1}:{nonce}:{fields.get('nc')}:{fields.get('cnonce')}:auth:{ha2}"
+            )
+            ok = fields.get("username") == self.username and fields.get("response") == expected
+            if ok:
+                self.nonces[nonce] = nc
+        return ok, False
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None, login: DeviceLogin | None = None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
+        self.login = login
         if tls is not None:
             self.socket = tls.wrap_socket(self.socket, server_side=True)
         self.seen: list[SeenRequest] = []
@@ -90,6 +163,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.seen.append(seen)
         url = urlsplit(self.path)
         last = url.path.rstrip("/").rsplit("/", 1)[-1]
+        login = self.server.login
+        if login is not None:
+            accepted, stale = login.check(
+                self.command, self.path, self.headers.get("Authorization")
+            )
+            if not accepted:
+                self._read_body()
+                self._send(401, b"{}", WWW_Authenticate=login.challenge(stale))
+                return
         if last == "upload":
             count = self._read_body()
             self._send(200, json.dumps({"received": count}).encode())
@@ -176,8 +258,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class ProxyUpstream:
-    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
-        self._server = _Server(tls)
+    def __init__(self, tls: ssl.SSLContext | None = None, login: DeviceLogin | None = None) -> None:
+        self._server = _Server(tls, login)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )

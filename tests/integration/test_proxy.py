@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 import requests
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from gateway.assertion import verify
 from tests.integration.conftest import (
@@ -39,7 +41,7 @@ from tests.integration.conftest import (
     submit_login,
 )
 from tests.integration.pki import make_pki
-from tests.integration.proxy_upstream import ProxyUpstream
+from tests.integration.proxy_upstream import DeviceLogin, ProxyUpstream
 from tests.peers import free_port
 
 IDENTITY = {
@@ -76,6 +78,8 @@ class Stack:
     gateway: GatewayProcess
     upstream: ProxyUpstream
     client: requests.Session  # signed in as alice (operator)
+    basic: ProxyUpstream  # devices with one local admin account
+    digest: ProxyUpstream
 
     def url(self, path: str) -> str:
         return self.gateway.url + path
@@ -95,6 +99,14 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     device.start()
     request.addfinalizer(device.stop)
     client_tls = {"client_cert": str(pki.client_cert), "client_key": str(pki.client_key)}
+    secret = tmp_path_factory.mktemp("secrets") / "door-admin-password"
+    secret.write_text("Door-Admin-Pw-17\n", encoding="utf-8")
+    basic = ProxyUpstream(login=DeviceLogin("basic", "admin", "Door-Admin-Pw-17"))
+    digest = ProxyUpstream(login=DeviceLogin("digest", "admin", "Door-Admin-Pw-17"))
+    for device_server in (basic, digest):
+        device_server.start()
+        request.addfinalizer(device_server.stop)
+    bridged = {"username": "admin", "password": {"file": str(secret)}}
     dead_port = free_port()  # nobody listens here
     hosts = ["127.0.0.1", "localhost"]
     settings: dict[str, Any] = {
@@ -134,6 +146,40 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
                     **client_tls,
                 },
                 {
+                    "name": "door-basic",
+                    "match": {"hosts": hosts, "path_prefix": "/doorbasic"},
+                    "url": basic.url,
+                    "device_login": {"scheme": "basic", **bridged},
+                },
+                {
+                    "name": "door-digest",
+                    "match": {"hosts": hosts, "path_prefix": "/doordigest"},
+                    "url": digest.url,
+                    "device_login": {"scheme": "digest", **bridged},
+                },
+                {
+                    "name": "door-digest-ws",  # its own bridge: no challenge known yet
+                    "match": {"hosts": hosts, "path_prefix": "/doorws"},
+                    "url": digest.url,
+                    "device_login": {"scheme": "digest", **bridged},
+                },
+                {
+                    "name": "door-digest-public",  # the lobby page of the same device
+                    "match": {"hosts": hosts, "path_prefix": "/public/door"},
+                    "url": digest.url,
+                    "device_login": {"scheme": "digest", **bridged},
+                },
+                {
+                    "name": "door-wrong-password",
+                    "match": {"hosts": hosts, "path_prefix": "/doorwrong"},
+                    "url": digest.url,
+                    "device_login": {
+                        "scheme": "digest",
+                        "username": "admin",
+                        "password": "not-the-password",
+                    },
+                },
+                {
                     "name": "door-log",
                     "match": {"hosts": hosts, "path_prefix": "/doorlog"},
                     "url": f"http://127.0.0.1:{dead_port}",
@@ -147,13 +193,17 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     request.addfinalizer(client.close)  # before the gateway stops: no idle keep-alive left
     answer = submit_login(client, gateway.url, ALICE)
     assert answer.status_code == 303, answer.text
-    return Stack(gateway, upstream, client)
+    return Stack(gateway, upstream, client, basic, digest)
 
 
 @pytest.fixture
 def proxied(stack: Stack) -> Stack:
     stack.upstream.reset()
     return stack
+
+
+def _cookie(client: requests.Session) -> str:
+    return "; ".join(f"{c.name}={c.value}" for c in client.cookies)
 
 
 def _seen(resp: requests.Response) -> SeenRequest:
@@ -169,9 +219,10 @@ def test_browser_without_session_is_sent_to_login(proxied: Stack) -> None:
     resp = anon.get(proxied.url("/console/?camera=2"), allow_redirects=False, timeout=10)
     assert resp.status_code == 302
     assert resp.headers["Location"] == (
-        "/.sso/start?rd=http%3A%2F%2F127.0.0.1%3A" + str(proxied.gateway.port)
+        "/.sso/start?rd=http%3A%2F%2F127.0.0.1%3A"
+        + str(proxied.gateway.port)
         + "%2Fconsole%2F%3Fcamera%3D2"
-    )  # fmt: skip
+    )
     assert proxied.upstream.seen == []
 
 
@@ -442,6 +493,89 @@ def test_range_requests_pass_through(proxied: Stack) -> None:
     assert resp.status_code == 206
     assert resp.headers["Content-Range"] == "bytes 10-19/1024"
     assert resp.content == bytes(range(10, 20))
+
+
+# -- device credential bridge -------------------------------------------------
+
+
+def test_basic_device_login_is_answered_for_the_person(proxied: Stack) -> None:
+    proxied.basic.reset()
+    resp = proxied.client.get(
+        proxied.url("/doorbasic/relays"),
+        headers={"Authorization": "Basic ZXZpbDpldmls"},
+        timeout=10,
+    )
+    assert resp.status_code == 200
+    [seen] = proxied.basic.seen
+    assert seen.get_all("Authorization") == ["Basic YWRtaW46RG9vci1BZG1pbi1Qdy0xNw=="]
+    assert seen.get("X-Auth-Request-User") == "alice"
+
+
+def test_digest_device_login_challenge_once_then_preemptive(proxied: Stack) -> None:
+    login = proxied.digest._server.login
+    assert login is not None
+    for path in ("/doordigest/relays/1", "/doordigest/relays/2?x=1"):
+        resp = proxied.client.get(proxied.url(path), timeout=10)
+        assert resp.status_code == 200, resp.text
+        assert "WWW-Authenticate" not in resp.headers
+    challenges = login.challenges
+    assert challenges >= 1
+    resp = proxied.client.post(proxied.url("/doordigest/relays/1/open"), data=b"pulse", timeout=10)
+    assert resp.status_code == 200
+    big = proxied.client.put(
+        proxied.url("/doordigest/firmware/upload"), data=_Payload(5 * MB), timeout=30
+    )
+    assert big.json() == {"received": 5 * MB}  # streamed, with the remembered challenge
+    assert login.challenges == challenges  # no new challenge was needed
+    login.expire_nonces()  # the device forgets its nonces: answered again, transparently
+    resp = proxied.client.post(proxied.url("/doordigest/relays/1/open"), data=b"pulse", timeout=10)
+    assert resp.status_code == 200
+    assert login.challenges == challenges + 1
+    actions = proxied.gateway.audit_events("proxy_action")
+    assert actions[-1]["upstream"] == "door-digest" and actions[-1]["status"] == 200
+
+
+def test_websocket_handshake_to_a_digest_device_carries_the_credentials(
+    proxied: Stack,
+) -> None:
+    """The handshake cannot be sent twice, so the gateway asks a Digest device it
+    has not heard from for its challenge first.  (This device does not speak
+    WebSocket: it accepts the credentials and answers 200, which is passed back.)"""
+    proxied.digest.reset()
+    with pytest.raises(InvalidStatus) as info:
+        with connect(
+            f"ws://127.0.0.1:{proxied.gateway.port}/doorws/events",
+            additional_headers={"Cookie": _cookie(proxied.client)},
+            open_timeout=10,
+        ):
+            pass
+    assert info.value.response.status_code == 200
+    handshake = [s for s in proxied.digest.seen if s.get("Upgrade") == "websocket"]
+    assert len(handshake) == 1
+    assert (handshake[0].get("Authorization") or "").startswith("Digest ")
+
+
+def test_bridge_is_never_used_without_an_authorised_person(proxied: Stack) -> None:
+    login = proxied.digest._server.login
+    assert login is not None
+    resp = http_client().get(
+        proxied.url("/public/door/lobby"),
+        headers={"Authorization": "Basic Z3Vlc3M6cHc="},
+        timeout=10,
+    )
+    assert resp.status_code == 401  # the device's own answer, for nobody in particular
+    assert "WWW-Authenticate" not in resp.headers  # and no password prompt
+    assert not any(s.get("Authorization") for s in proxied.digest.seen if "lobby" in s.path)
+
+
+def test_refused_device_credentials_are_502_and_audited(proxied: Stack) -> None:
+    resp = proxied.client.get(proxied.url("/doorwrong/relays"), timeout=10)
+    assert resp.status_code == 502
+    assert "WWW-Authenticate" not in resp.headers
+    failed = proxied.gateway.audit_events("device_login_failed")[-1]
+    assert failed["upstream"] == "door-wrong-password" and failed["user"] == "alice"
+    assert failed["reason"] == "refused"
+    assert "Door-Admin" not in proxied.gateway.audit_path.read_text(encoding="utf-8")
 
 
 # -- streaming ---------------------------------------------------------------------

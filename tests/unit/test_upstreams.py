@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from gateway.core.errors import ConfigError
+from gateway.device_auth import DeviceCredentials
 from gateway.settings import load_settings
-from gateway.settings_proxy import ProxySettings
+from gateway.settings_proxy import DeviceLoginSettings, ProxySettings
 from gateway.upstreams import UpstreamTable
 
 
@@ -216,3 +217,62 @@ def test_default_port_spellings_are_the_upstream() -> None:
     [upstream] = _table(_upstream(url="https://pbx.local")).upstreams
     for location in ("https://pbx.local/x", "https://PBX.local:443/x"):
         assert upstream.public_location(location, "https://gw.example") == "https://gw.example/x"
+
+
+# -- device credential bridge ---------------------------------------------------
+
+
+def test_device_login_settings(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n", encoding="utf-8")
+    login = {"scheme": "digest", "username": "admin", "password": {"file": str(secret)}}
+    settings = _load(tmp_path, {"upstreams": [_upstream(device_login=login)]})
+    [upstream] = settings.proxy.upstreams
+    assert upstream.device_login is not None
+    assert upstream.device_login.password.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(settings)
+    for bad, reason in (
+        ({**login, "scheme": "ntlm"}, "basic"),
+        ({**login, "username": "ad:min"}, "':'"),
+        ({**login, "password": None}, "string"),
+    ):
+        problems = _problems(tmp_path, {"upstreams": [_upstream(device_login=bad)]})
+        assert any(reason in r for _, r in problems), problems
+
+
+def _credentials(scheme: str) -> DeviceCredentials:
+    return DeviceCredentials(
+        DeviceLoginSettings.model_validate(
+            {"scheme": scheme, "username": "admin", "password": "pw"}
+        )
+    )
+
+
+def test_basic_credentials_are_always_sent_and_never_retried() -> None:
+    basic = _credentials("basic")
+    assert basic.authorization("GET", "/x") == "Basic YWRtaW46cHc="
+    assert basic.learn(['Basic realm="door"']) is False
+
+
+def test_digest_learns_a_challenge_and_counts_nonces() -> None:
+    digest = _credentials("digest")
+    assert digest.authorization("GET", "/x") is None  # nothing to answer yet
+    assert digest.learn(['Basic realm="door"']) is False  # no Digest challenge in it
+    challenge = 'Digest realm="door", qop="auth", algorithm=SHA-256, nonce="abc"'
+    digest = _credentials("digest")
+    assert digest.learn(['Basic realm="x"', challenge]) is True
+    first = digest.authorization("GET", "/relays?x=1")
+    second = digest.authorization("POST", "/relays")
+    assert first is not None and second is not None
+    assert 'uri="/relays?x=1"' in first and "nc=00000001" in first
+    assert "nc=00000002" in second and 'algorithm="SHA-256"' in second
+    assert digest.learn([challenge]) is False  # the same challenge again: wrong password
+    assert digest.learn([challenge + ", stale=true"]) is True  # only the nonce aged
+    assert digest.learn(['Digest realm="door", qop="auth", nonce="new"']) is True
+    assert "nc=00000001" in (digest.authorization("GET", "/") or "")  # counted afresh
+
+
+def test_digest_challenges_without_realm_or_nonce_are_ignored() -> None:
+    digest = _credentials("digest")
+    assert digest.learn(['Digest realm="door"', 'Digest nonce="x"', "Digest"]) is False
+    assert not digest.has_challenge
