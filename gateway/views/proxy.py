@@ -90,6 +90,7 @@ _NOT_RETURNED = HOP_BY_HOP | {"date", "server"}
 _HOST = re.compile(r"[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?\Z|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?\Z")
 _QUERY = re.compile(r"[!-~]*\Z")  # printable ASCII, no space (browsers encode the rest)
 _DIGITS = re.compile(r"[0-9]{1,19}\Z")
+_COOKIE_SEPARATOR = re.compile(r"[;,]")
 
 
 class ProxyApp:
@@ -691,8 +692,11 @@ class ProxyApp:
         return out
 
     def _without_own_cookies(self, header: str) -> str:
+        """The Cookie header minus the gateway's cookies.  ',' separates too: the
+        server joins repeated Cookie headers with it, and cookie values cannot
+        contain it (RFC 6265), so nothing of ours can hide behind another name."""
         kept = []
-        for part in header.split(";"):
+        for part in _COOKIE_SEPARATOR.split(header):
             name = part.partition("=")[0].strip()
             if name and not self._own_cookie.match(name):
                 kept.append(part.strip())

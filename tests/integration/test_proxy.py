@@ -404,6 +404,17 @@ def test_hop_by_hop_and_forwarding_headers(proxied: Stack) -> None:
     cookie = seen.get("Cookie") or ""
     assert "JSESSIONID=device" in cookie and "theme=dark" in cookie
     assert "sso_gw" not in cookie  # neither the session nor any other gateway cookie
+
+    # two Cookie headers (the server joins them with ','): ours stays behind either way
+    session = next(c for c in proxied.client.cookies if c.name == "sso_gw")
+    raw = (
+        f"GET /public/lobby HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: theme=dark\r\n"
+        f"Cookie: sso_gw={session.value}\r\nConnection: close\r\n\r\n"
+    )
+    proxied.upstream.reset()
+    _raw_request(proxied.gateway.port, raw.encode())
+    [seen] = proxied.upstream.seen  # a public route: forwarded even without a session
+    assert seen.get("Cookie") == "theme=dark"
     # the upstream's own hop-by-hop header does not come back
     assert "X-Upstream-Private" not in resp.headers
 
