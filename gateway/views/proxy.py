@@ -84,6 +84,12 @@ _NOT_FORWARDED = HOP_BY_HOP | {
     "x-original-url",
     "x-original-method",
     "x-real-ip",
+    # overrides some frameworks honour, which would let the upstream act on
+    # another path or method than the one the policy judged
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
 }
 # upstream answer headers the gateway's server writes itself
 _NOT_RETURNED = HOP_BY_HOP | {"date", "server"}

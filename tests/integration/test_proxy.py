@@ -388,6 +388,10 @@ def test_hop_by_hop_and_forwarding_headers(proxied: Stack) -> None:
         "Forwarded": "for=6.6.6.6",
         "X-Real-IP": "6.6.6.6",
         "X-Original-URL": "http://127.0.0.1/public/",
+        "X-Rewrite-URL": "/admin/",
+        "X-HTTP-Method-Override": "DELETE",
+        "X-HTTP-Method": "DELETE",
+        "X-Method-Override": "DELETE",
         # an explicit Cookie header replaces the client's jar: the session goes in too
         "Cookie": "JSESSIONID=device; "
         + "; ".join(f"{c.name}={c.value}" for c in proxied.client.cookies)
@@ -395,7 +399,17 @@ def test_hop_by_hop_and_forwarding_headers(proxied: Stack) -> None:
     }
     resp = proxied.client.get(proxied.url("/console/"), headers=headers, timeout=10)
     seen = _seen(resp)
-    for name in ("X-Client-Private", "Keep-Alive", "Forwarded", "X-Real-IP", "X-Original-URL"):
+    for name in (
+        "X-Client-Private",
+        "Keep-Alive",
+        "Forwarded",
+        "X-Real-IP",
+        "X-Original-URL",
+        "X-Rewrite-URL",
+        "X-HTTP-Method-Override",
+        "X-HTTP-Method",
+        "X-Method-Override",
+    ):
         assert seen.get_all(name) == [], name
     assert seen.get("X-Forwarded-For") == "127.0.0.1"
     assert seen.get("X-Forwarded-Host") == f"127.0.0.1:{proxied.gateway.port}"
