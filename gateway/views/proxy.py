@@ -484,6 +484,20 @@ class ProxyApp:
             "path": info.path,
             "client_ip": info.client_ip,
         }
+        origin = environ.get("HTTP_ORIGIN")
+        if origin is not None and not _same_origin(origin, req.host):
+            # a page on another site opening a WebSocket with the person's cookie
+            # (cross-site WebSocket hijacking): browsers always send Origin
+            svc.audit.emit(
+                "denied",
+                **fields,
+                method="GET",
+                reason="websocket-cross-origin",
+                origin=origin[:200],
+            )
+            with self.app.app_context():
+                resp = json_answer(403, {"error": "forbidden", "message": "cross-origin WebSocket"})
+            return resp(environ, start_response)
         headers = self._request_headers(environ, req, upstream, info, identity_headers)
         headers += [("Connection", "Upgrade"), ("Upgrade", "websocket")]
         target = upstream.upstream_path(info.path) + ("?" + query if query else "")
@@ -861,6 +875,14 @@ def _connection_scheme(environ: dict[str, Any]) -> str:
     if sock is None:
         return str(environ.get("wsgi.url_scheme", "http"))
     return "https" if hasattr(sock, "getpeercert") else "http"
+
+
+def _same_origin(origin: str, host: str) -> bool:
+    """Whether an ``Origin`` (``scheme://host[:port]``) names this request's host."""
+    scheme, sep, netloc = origin.strip().partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or not netloc:
+        return False  # "null", or not an origin at all
+    return netloc.lower() == host.lower()
 
 
 def _is_upgrade(environ: dict[str, Any]) -> bool:

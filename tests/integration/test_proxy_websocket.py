@@ -74,17 +74,28 @@ def gateway(
     tmp_path_factory: pytest.TempPathFactory,
     upstreams: tuple[WebSocketUpstream, ProxyUpstream],
 ) -> GatewayProcess:
-    return start_gateway(
+    started = start_gateway(
         request,
         tmp_path_factory.mktemp("proxy-ws"),
         users=(ALICE, BOB),
         settings=_proxy_settings(*upstreams),
         workers=2,  # a logout lands on either worker; the WebSocket on either
     )
+    request.addfinalizer(_close_clients)  # runs first: no idle keep-alive delays the stop
+    return started
+
+
+_CLIENTS: list[requests.Session] = []
+
+
+def _close_clients() -> None:
+    while _CLIENTS:
+        _CLIENTS.pop().close()
 
 
 def _signed_in(gateway: GatewayProcess, user: LocalUser) -> requests.Session:
     client = http_client()
+    _CLIENTS.append(client)
     assert submit_login(client, gateway.url, user).status_code == 303
     return client
 
@@ -141,6 +152,18 @@ def test_websocket_is_relayed_with_identity(gateway: GatewayProcess) -> None:
             assert conn.recv(timeout=10) == message
     opened = gateway.audit_events("websocket_opened")[-1]
     assert opened["user"] == "alice" and opened["upstream"] == "events"
+
+
+def test_cross_site_websockets_are_refused(gateway: GatewayProcess) -> None:
+    client = _signed_in(gateway, ALICE)
+    for origin in ("https://evil.example", "null", f"http://127.0.0.1:{gateway.port}.evil"):
+        with pytest.raises(InvalidStatus) as refused:
+            _ws(gateway, "/events/live", client, Origin=origin)
+        assert refused.value.response.status_code == 403, origin
+    denied = gateway.audit_events("denied")[-1]
+    assert denied["reason"] == "websocket-cross-origin" and denied["user"] == "alice"
+    with _ws(gateway, "/events/live", client, Origin=f"http://127.0.0.1:{gateway.port}") as conn:
+        assert json.loads(conn.recv(timeout=10))["path"] == "/events/live"
 
 
 def test_websocket_upgrade_needs_a_session_and_the_tier(gateway: GatewayProcess) -> None:
