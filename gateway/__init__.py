@@ -197,10 +197,32 @@ def create_app(
     from gateway.views.forward_auth import ForwardAuthApp
 
     register(app)
+    inner: Any = app.wsgi_app
+    if settings.proxy.upstreams:  # reverse-proxy mode: all but /.sso/ goes upstream
+        from gateway.sessions.manager import InvalidationFeed
+        from gateway.streams import StreamRegistry
+        from gateway.upstreams import UpstreamTable
+        from gateway.views.proxy import ProxyApp
+
+        services.upstreams = UpstreamTable(settings.proxy, settings.resolve_path)
+        services.streams = StreamRegistry(
+            services.sessions,
+            audit,
+            clock,
+            feed=store if isinstance(store, InvalidationFeed) else None,
+        )
+        inner = ProxyApp(
+            inner,
+            app,
+            services,
+            services.upstreams,
+            services.streams,
+            websockets=settings.listen.worker_class == "gevent",
+        )
     # outermost first: inbound identity headers are dropped before anything else,
     # then /.sso/auth is answered without Flask's per-request machinery
     app.wsgi_app = StripIdentityHeaders(  # type: ignore[method-assign]
-        ForwardAuthApp(app.wsgi_app, services), services.identity_header_names
+        ForwardAuthApp(inner, services), services.identity_header_names
     )
     return app
 

@@ -26,6 +26,8 @@ from gateway.throttle import LoginThrottle
 if TYPE_CHECKING:  # ldap3 is imported only where a directory is configured
     from gateway.deprovision import DeprovisionWatcher
     from gateway.providers.ldap_groups import DirectoryGroupResolver
+    from gateway.streams import StreamRegistry
+    from gateway.upstreams import UpstreamTable
 
 
 @dataclass
@@ -64,3 +66,7 @@ class Services:
     # Active Directory over LDAP: nested groups for any provider, deprovisioning
     directory: DirectoryGroupResolver | None = None
     deprovision: DeprovisionWatcher | None = None
+    # reverse-proxy mode: the upstreams, when proxy.upstreams is configured
+    upstreams: UpstreamTable | None = None
+    # open WebSockets and live streams per session (reverse-proxy mode)
+    streams: StreamRegistry | None = None

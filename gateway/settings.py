@@ -32,6 +32,7 @@ from gateway.core.errors import ConfigError, Problem, key_path
 from gateway.core.network import parse_networks
 from gateway.settings_ldap import LdapProviderSettings
 from gateway.settings_oidc import OidcSettings
+from gateway.settings_proxy import ProxySettings, proxy_problems
 from gateway.settings_saml import SamlSettings, saml_problems
 
 ENV_PREFIX = "SSO_GATEWAY__"
@@ -224,6 +225,7 @@ class Settings(_Model):
     login: LoginSettings = LoginSettings()
     audit: AuditSettings = AuditSettings()
     metrics: MetricsSettings = MetricsSettings()
+    proxy: ProxySettings = ProxySettings()
 
     # where the file came from, for relative paths and messages
     source: str = Field(default="<defaults>", exclude=True)
@@ -488,4 +490,5 @@ def _cross_checks(settings: Settings) -> list[Problem]:
     if settings.redirects.default and not settings.redirects.default.startswith("/"):
         problems.append(Problem(src, "redirects.default", "must be a path starting with '/'"))
     problems.extend(saml_problems(settings))
+    problems.extend(proxy_problems(settings))
     return problems

@@ -271,6 +271,18 @@ def clear_session_cookie(svc: Services, response: Response) -> None:
     )
 
 
+def expire_upstream_cookies(svc: Services, response: Response) -> None:
+    """Expire every cookie listed in ``proxy.upstreams[].logout_cookies`` (on
+    ``/`` and, for an upstream under a path prefix, on that prefix too): the
+    dashboards' own sessions end with the gateway's."""
+    secure = svc.settings.cookie.secure
+    for upstream in svc.settings.proxy.upstreams:
+        prefix = upstream.match.path_prefix.rstrip("/")
+        for path in ("/", prefix) if prefix else ("/",):
+            for name in upstream.logout_cookies:
+                response.delete_cookie(name, path=path, secure=secure, httponly=True)
+
+
 def wants_json(req: Request) -> bool:
     if req.headers.get("X-Requested-With", "").lower() == "xmlhttprequest":
         return True

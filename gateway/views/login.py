@@ -20,6 +20,7 @@ from gateway.views.common import (
     checked_redirect,
     clear_session_cookie,
     client_ip,
+    expire_upstream_cookies,
     load_session,
     services,
     set_session_cookie,
@@ -231,6 +232,8 @@ def logout() -> Response:
         loaded = load_session(svc, request, now)
         if isinstance(loaded, Session):
             svc.sessions.delete(loaded.key)
+            if svc.streams is not None:  # this process at once; the others within seconds
+                svc.streams.end_session(loaded.key, "logout")
             onward = idp_logout(svc, request, loaded, rd or "")
             if svc.signer is not None:
                 svc.signer.forget(loaded.key)
@@ -259,4 +262,5 @@ def logout() -> Response:
     else:
         resp = page("logged_out.html", 200, site_name=svc.settings.site_name)
     clear_session_cookie(svc, resp)
+    expire_upstream_cookies(svc, resp)
     return resp

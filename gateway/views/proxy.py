@@ -1,0 +1,925 @@
+"""Reverse-proxy mode: every request outside ``/.sso/`` is judged and, when
+allowed, streamed to the upstream its host and path select.
+
+:class:`ProxyApp` is a plain WSGI layer in front of Flask (like
+:class:`gateway.views.forward_auth.ForwardAuthApp`).  In order:
+
+1. the raw path is normalised (:func:`gateway.core.paths.normalise_path`); an
+   ambiguous path is refused with 400, a path into ``/.sso/`` spelled another way
+   (``//.sso/``) too;
+2. the upstream is selected by host and canonical path; none: 404;
+3. session and policy decide on that canonical path: no session -> 302 to
+   ``/.sso/start`` for a browser navigation (GET/HEAD), 401 JSON for everything
+   else; denied -> 403 page naming the tiers that would do;
+4. the request goes upstream with exactly ``encode_path`` of the canonical path
+   (minus a stripped prefix), identity headers and the signed assertion added,
+   hop-by-hop and forwarding headers replaced, the gateway's cookies removed;
+   request and response bodies are streamed, never held whole in memory;
+5. upstream failures become 502/504 pages; state-changing requests are audited.
+"""
+
+from __future__ import annotations
+
+import http
+import http.client
+import logging
+import re
+import socket
+from collections.abc import Iterable, Iterator
+from typing import Any
+from urllib.parse import quote
+
+import urllib3
+from flask import Flask
+from werkzeug.wrappers import Request
+
+from gateway.core.errors import AmbiguousPath, StoreUnavailable
+from gateway.core.model import Decision, Identity, Outcome, RequestInfo
+from gateway.core.paths import normalise_path
+from gateway.device_auth import DeviceCredentials
+from gateway.services import Services
+from gateway.sessions.manager import Session
+from gateway.streams import StreamHandle, StreamRegistry
+from gateway.upstreams import Upstream, UpstreamTable
+from gateway.views.common import client_ip, load_session, now_dt, public_scheme, wants_json
+from gateway.views.respond import json_answer, page
+
+log = logging.getLogger(__name__)
+
+CHUNK = 64 * 1024
+# request bodies up to this size are held so that a Digest challenge can be
+# answered by sending them again; larger ones stream (see device_auth)
+REPLAY_LIMIT = 1024 * 1024
+SSO_PREFIX = "/.sso/"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+# RFC 9110 7.6.1 plus the non-standard ones still seen in the wild
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# inbound headers the gateway replaces or that only a proxy may set
+_NOT_FORWARDED = HOP_BY_HOP | {
+    "host",
+    "expect",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-uri",
+    "x-forwarded-method",
+    "x-original-url",
+    "x-original-method",
+    "x-real-ip",
+    # overrides some frameworks honour, which would let the upstream act on
+    # another path or method than the one the policy judged
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+}
+# upstream answer headers the gateway's server writes itself
+_NOT_RETURNED = HOP_BY_HOP | {"date", "server"}
+_HOST = re.compile(r"[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?\Z|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?\Z")
+_QUERY = re.compile(r"[!-~]*\Z")  # printable ASCII, no space (browsers encode the rest)
+_DIGITS = re.compile(r"[0-9]{1,19}\Z")
+_COOKIE_SEPARATOR = re.compile(r"[;,]")
+
+
+class ProxyApp:
+    """WSGI middleware: ``/.sso/...`` goes to Flask, everything else upstream."""
+
+    def __init__(
+        self,
+        flask_wsgi: Any,
+        app: Flask,
+        svc: Services,
+        table: UpstreamTable,
+        streams: StreamRegistry,
+        *,
+        websockets: bool,
+    ) -> None:
+        self.flask_wsgi = flask_wsgi
+        self.app = app
+        self.svc = svc
+        self.table = table
+        self.streams = streams
+        # WebSockets need the raw connection and a greenlet per direction:
+        # only under gunicorn's gevent worker
+        self.websockets = websockets
+        base = svc.settings.cookie.name
+        self._own_cookie = re.compile(
+            r"(?:__Host-|__Secure-)?" + re.escape(base) + r"(?:_[A-Za-z0-9_]*)?\Z"
+        )
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        path_info: str = environ.get("PATH_INFO") or "/"
+        if path_info.startswith(SSO_PREFIX) or path_info == SSO_PREFIX[:-1]:
+            return self.flask_wsgi(environ, start_response)  # type: ignore[no-any-return]
+        try:
+            return self._proxy(environ, start_response)
+        except Exception:
+            log.exception("proxying failed")
+            self.svc.audit.emit("error", where="proxy", reason="internal error; failed closed")
+            return self._page(
+                environ,
+                start_response,
+                503,
+                "Temporarily unavailable",
+                "The gateway cannot decide right now. Try again in a moment.",
+            )
+
+    # -- answers -------------------------------------------------------------------
+    def _page(
+        self, environ: dict[str, Any], start_response: Any, status: int, title: str, message: str
+    ) -> Iterable[bytes]:
+        req = Request(environ)
+        with self.app.app_context():
+            if wants_json(req) or _is_upgrade(environ):
+                resp = json_answer(
+                    status, {"error": _ERRORS.get(status, "error"), "message": message}
+                )
+            else:
+                resp = page(
+                    "error.html",
+                    status,
+                    site_name=self.svc.settings.site_name,
+                    title=title,
+                    message=message,
+                )
+        return resp(environ, start_response)
+
+    def _login(
+        self, environ: dict[str, Any], start_response: Any, req: Request, decision: Decision
+    ) -> Iterable[bytes]:
+        navigation = req.method in ("GET", "HEAD") and not _is_upgrade(environ)
+        if not navigation or wants_json(req):
+            error = "fresh_login_required" if decision.step_up else "login_required"
+            with self.app.app_context():
+                resp = json_answer(401, {"error": error})
+            return resp(environ, start_response)
+        # what /.sso/start checks rd against: this request's host and public scheme
+        target = f"{public_scheme(self.svc, req)}://{req.host}{_raw_uri(environ)}"
+        location = "/.sso/start?rd=" + quote(target, safe="")
+        if decision.step_up:
+            location += "&prompt=login"
+        start_response(
+            "302 Found",
+            [("Location", location), ("Cache-Control", "no-store"), ("Content-Length", "0")],
+        )
+        return [b""]
+
+    def _denied(
+        self, environ: dict[str, Any], start_response: Any, req: Request, decision: Decision
+    ) -> Iterable[bytes]:
+        tiers = list(decision.required_tiers)
+        with self.app.app_context():
+            if wants_json(req) or _is_upgrade(environ):
+                resp = json_answer(403, {"error": "forbidden", "required_tiers": tiers})
+            else:
+                needed = ", ".join(tiers) if tiers else "none that you hold"
+                resp = page(
+                    "error.html",
+                    403,
+                    site_name=self.svc.settings.site_name,
+                    title="Access denied",
+                    message=f"This page needs the tier: {needed}. Ask your administrator "
+                    "if you should have it.",
+                )
+        return resp(environ, start_response)
+
+    # -- the request ---------------------------------------------------------------
+    def _proxy(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        svc = self.svc
+        req = Request(environ)
+        ip = client_ip(svc, req)
+        raw_uri = _raw_uri(environ)
+        raw_path, _, query = raw_uri.partition("?")
+        host = req.host or ""
+        try:
+            if not _HOST.match(host):
+                raise AmbiguousPath("the Host header is not a host name")
+            if not _QUERY.match(query):
+                raise AmbiguousPath("the query string has raw spaces or non-ASCII characters")
+            path = normalise_path(raw_path)
+            if path.startswith(SSO_PREFIX) or path == SSO_PREFIX[:-1]:
+                raise AmbiguousPath("a path into /.sso/ spelled another way")
+        except AmbiguousPath as exc:
+            svc.audit.emit("denied", reason="ambiguous-request", detail=str(exc), client_ip=ip)
+            return self._page(
+                environ,
+                start_response,
+                400,
+                "Bad request",
+                "The address of this request cannot be read unambiguously.",
+            )
+        upstream = self.table.select(host, path)
+        if upstream is None:
+            if svc.audit_limiter.allow(("no-upstream", ip), svc.clock()):
+                svc.audit.emit(
+                    "proxy_no_upstream",
+                    host=host[:253],
+                    path=path[:200],
+                    client_ip=ip,
+                    note="reported at most once a minute per address",
+                )
+            return self._page(
+                environ,
+                start_response,
+                404,
+                "Not found",
+                "This gateway does not serve that address.",
+            )
+        scheme = self._forwarded(environ, req)[1]
+        info = RequestInfo(
+            host=host.lower(), path=path, method=req.method, client_ip=ip, scheme=scheme
+        )
+        now = svc.clock()
+        try:
+            loaded = load_session(svc, req, now)
+            session = loaded if isinstance(loaded, Session) else None
+            identity = session.identity if session is not None else None
+            decision = svc.policy.current.evaluate(identity, info, now_dt(svc, now))
+            if session is not None and decision.outcome is Outcome.ALLOW and not decision.passive:
+                svc.sessions.touch(session, now)
+        except StoreUnavailable as exc:
+            svc.audit.emit("store_unavailable", where="proxy", detail=str(exc))
+            return self._page(
+                environ,
+                start_response,
+                503,
+                "Temporarily unavailable",
+                "The session store cannot be reached. Try again in a moment.",
+            )
+        if decision.outcome is Outcome.LOGIN:
+            return self._login(environ, start_response, req, decision)
+        if decision.outcome is Outcome.DENY:
+            if identity is not None:
+                svc.audit.emit(
+                    "denied",
+                    user=identity.subject,
+                    tier=decision.tier,
+                    route=decision.route,
+                    reasons=decision.reasons,
+                    host=info.host,
+                    path=path,
+                    method=info.method,
+                    client_ip=ip,
+                )
+            return self._denied(environ, start_response, req, decision)
+        if decision.outcome is Outcome.ERROR:
+            return self._page(
+                environ,
+                start_response,
+                503,
+                "Temporarily unavailable",
+                "The gateway cannot decide right now.",
+            )
+        identity_headers: list[tuple[str, str]] = []
+        if decision.outcome is Outcome.ALLOW and identity is not None and session is not None:
+            jwt = None
+            if svc.signer is not None:
+                jwt = svc.signer.sign(identity, decision.tier, session.key, now)
+            identity_headers = svc.header_cache.headers(identity, decision.tier, jwt, session.key)
+        owner = (
+            (session.key, identity.subject)
+            if decision.outcome is Outcome.ALLOW and identity is not None and session is not None
+            else None
+        )
+        if _is_upgrade(environ):
+            return self._websocket(
+                environ,
+                start_response,
+                req,
+                upstream,
+                info,
+                query,
+                decision,
+                identity,
+                identity_headers,
+                owner,
+            )
+        return self._forward(
+            environ,
+            start_response,
+            req,
+            upstream,
+            info,
+            query,
+            identity,
+            decision,
+            identity_headers,
+            owner,
+        )
+
+    def _forward(
+        self,
+        environ: dict[str, Any],
+        start_response: Any,
+        req: Request,
+        upstream: Upstream,
+        info: RequestInfo,
+        query: str,
+        identity: Identity | None,
+        decision: Decision,
+        identity_headers: list[tuple[str, str]],
+        owner: tuple[str, str] | None,
+    ) -> Iterable[bytes]:
+        svc = self.svc
+        headers = self._request_headers(environ, req, upstream, info, identity_headers)
+        body: Iterable[bytes] | bytes | None
+        body, length = _request_body(environ)
+        if length is not None:
+            headers.append(("Content-Length", str(length)))
+        url = upstream.upstream_path(info.path) + ("?" + query if query else "")
+        state_changing = info.method not in SAFE_METHODS
+        audit_fields: dict[str, Any] = {
+            "user": identity.subject if identity is not None else None,
+            "tier": decision.tier,
+            "upstream": upstream.name,
+            "method": info.method,
+            "path": info.path,
+            "client_ip": info.client_ip,
+        }
+        bridge = upstream.credentials if owner is not None else None
+        if upstream.credentials is not None:  # the device's login is the gateway's
+            headers = [(k, v) for k, v in headers if k.lower() != "authorization"]
+        if bridge is not None:
+            if bridge.scheme == "digest" and length is not None and length <= REPLAY_LIMIT:
+                body = b"".join(body) if body is not None else None  # small: may be resent
+        try:
+            for attempt in (1, 2):
+                sent = list(headers)
+                if bridge is not None:
+                    authorization = bridge.authorization(info.method, url)
+                    if authorization is not None:
+                        sent.append(("Authorization", authorization))
+                resp = upstream.pool.urlopen(
+                    info.method,
+                    url,
+                    body=body,
+                    headers=urllib3.HTTPHeaderDict(sent),
+                    redirect=False,
+                    retries=False,
+                    preload_content=False,
+                    decode_content=False,
+                    assert_same_host=False,
+                    chunked=body is not None and length is None,
+                    timeout=upstream.timeout,
+                )
+                if bridge is None or resp.status != 401:
+                    break
+                retry = bridge.learn(resp.headers.getlist("WWW-Authenticate"))
+                resp.drain_conn()
+                resp.release_conn()
+                replayable = body is None or isinstance(body, bytes)
+                if attempt == 1 and retry and replayable:
+                    continue
+                # a new challenge for a streamed body: the next try carries it
+                unsent = attempt == 1 and retry
+                svc.audit.emit(
+                    "device_login_failed",
+                    **audit_fields,
+                    scheme=bridge.scheme,
+                    reason="challenged, body too large to resend" if unsent else "refused",
+                )
+                if state_changing:
+                    svc.audit.emit("proxy_action", **audit_fields, status=502)
+                return self._page(
+                    environ,
+                    start_response,
+                    502,
+                    "Device sign-in failed",
+                    f"The {upstream.name} device did not accept the gateway's credentials."
+                    + (" Try again." if unsent else ""),
+                )
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            # NewConnectionError (refused, unreachable) subclasses ConnectTimeoutError
+            timeout = isinstance(exc, urllib3.exceptions.TimeoutError) and not isinstance(
+                exc, urllib3.exceptions.NewConnectionError
+            )
+            status = 504 if timeout else 502
+            svc.audit.emit(
+                "upstream_error",
+                **audit_fields,
+                status=status,
+                reason="timeout" if timeout else _failure_kind(exc),
+                detail=str(exc)[:300],
+            )
+            if state_changing:
+                svc.audit.emit("proxy_action", **audit_fields, status=status)
+            title = "Upstream timed out" if timeout else "Upstream unavailable"
+            message = (
+                f"The {upstream.name} service did not answer in time."
+                if timeout
+                else f"The {upstream.name} service could not be reached."
+            )
+            return self._page(environ, start_response, status, title, message)
+        if state_changing:
+            svc.audit.emit("proxy_action", **audit_fields, status=resp.status)
+        public_origin = f"{info.scheme}://{req.host}"
+        out = self._answer_headers(list(resp.headers.iteritems()), upstream, public_origin)
+        start_response(f"{resp.status} {_reason(resp.status)}", out)
+        return _Relay(resp, svc, audit_fields, self.streams, owner, upstream.name)
+
+    # -- WebSockets ------------------------------------------------------------------
+    def _websocket(
+        self,
+        environ: dict[str, Any],
+        start_response: Any,
+        req: Request,
+        upstream: Upstream,
+        info: RequestInfo,
+        query: str,
+        decision: Decision,
+        identity: Identity | None,
+        identity_headers: list[tuple[str, str]],
+        owner: tuple[str, str] | None,
+    ) -> Iterable[bytes]:
+        """Relay an authorised WebSocket upgrade: the handshake goes upstream on a
+        connection of its own; after its ``101`` the bytes are copied both ways
+        unchanged (the endpoints do the framing) until either side closes, the
+        upstream is silent for ``read_timeout``, or the session ends."""
+        svc = self.svc
+        client = environ.get("gunicorn.socket")
+        if not self.websockets or client is None:
+            return self._page(
+                environ,
+                start_response,
+                501,
+                "Not supported",
+                "WebSockets need the gevent worker (listen.worker_class).",
+            )
+        if req.method != "GET" or environ.get("HTTP_UPGRADE", "").strip().lower() != "websocket":
+            svc.audit.emit(
+                "denied",
+                reason="ambiguous-request",
+                detail="an upgrade that is not a WebSocket GET",
+                client_ip=info.client_ip,
+            )
+            return self._page(
+                environ,
+                start_response,
+                400,
+                "Bad request",
+                "Only WebSocket upgrades (GET, Upgrade: websocket) are relayed.",
+            )
+        fields: dict[str, Any] = {
+            "user": identity.subject if identity is not None else None,
+            "tier": decision.tier,
+            "upstream": upstream.name,
+            "path": info.path,
+            "client_ip": info.client_ip,
+        }
+        origin = environ.get("HTTP_ORIGIN")
+        if origin is not None and not _same_origin(origin, req.host):
+            # a page on another site opening a WebSocket with the person's cookie
+            # (cross-site WebSocket hijacking): browsers always send Origin
+            svc.audit.emit(
+                "denied",
+                **fields,
+                method="GET",
+                reason="websocket-cross-origin",
+                origin=origin[:200],
+            )
+            with self.app.app_context():
+                resp = json_answer(403, {"error": "forbidden", "message": "cross-origin WebSocket"})
+            return resp(environ, start_response)
+        headers = self._request_headers(environ, req, upstream, info, identity_headers)
+        headers += [("Connection", "Upgrade"), ("Upgrade", "websocket")]
+        target = upstream.upstream_path(info.path) + ("?" + query if query else "")
+        bridge = upstream.credentials if owner is not None else None
+        if upstream.credentials is not None:  # the device's login is the gateway's
+            headers = [(k, v) for k, v in headers if k.lower() != "authorization"]
+        if bridge is not None:
+            authorization = self._device_authorization(upstream, bridge, target)
+            if authorization is not None:
+                headers.append(("Authorization", authorization))
+        head = f"GET {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
+        try:
+            sock = upstream.connect()
+        except OSError as exc:
+            timeout = isinstance(exc, TimeoutError | socket.timeout)
+            status = 504 if timeout else 502
+            svc.audit.emit(
+                "upstream_error",
+                **fields,
+                method="GET",
+                status=status,
+                reason="timeout" if timeout else _failure_kind(exc),
+                detail=str(exc)[:300],
+            )
+            return self._page(
+                environ,
+                start_response,
+                status,
+                "Upstream unavailable",
+                f"The {upstream.name} service could not be reached.",
+            )
+        try:
+            sock.sendall((head + "\r\n").encode("latin-1"))
+            answer = http.client.HTTPResponse(sock, method="GET")
+            answer.begin()
+        except (OSError, http.client.HTTPException, UnicodeEncodeError) as exc:
+            sock.close()
+            timeout = isinstance(exc, TimeoutError | socket.timeout)
+            status = 504 if timeout else 502
+            svc.audit.emit(
+                "upstream_error",
+                **fields,
+                method="GET",
+                status=status,
+                reason="timeout" if timeout else "protocol",
+                detail=str(exc)[:300],
+            )
+            return self._page(
+                environ,
+                start_response,
+                status,
+                "Upstream unavailable",
+                f"The {upstream.name} service did not answer the WebSocket request.",
+            )
+        public_origin = f"{info.scheme}://{req.host}"
+        out = self._answer_headers(answer.getheaders(), upstream, public_origin, keep_upgrade=True)
+        if answer.status != 101:
+            # the upstream said no (e.g. 401 from the device, 404): pass its answer on
+            try:
+                body = answer.read(1024 * 1024)
+            except (OSError, http.client.HTTPException):
+                body = b""
+            finally:
+                answer.close()
+                sock.close()
+            out = [
+                (k, v)
+                for k, v in out
+                if k.lower() not in ("upgrade", "connection", "content-length")
+            ]
+            out.append(("Content-Length", str(len(body))))
+            start_response(f"{answer.status} {_reason(answer.status)}", out)
+            return [body]
+        reader = answer.fp  # buffered: may already hold the upstream's first frames
+        answer.fp = None  # type: ignore[assignment]  # keep http.client from closing it
+        status_line = "HTTP/1.1 101 Switching Protocols\r\n"
+        client_head = status_line + "".join(f"{k}: {v}\r\n" for k, v in out) + "\r\n"
+        svc.audit.emit("websocket_opened", **fields)
+        handle: StreamHandle | None = None
+
+        def cut() -> None:
+            for s in (sock, client):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        if owner is not None:
+            handle = self.streams.open(owner[0], owner[1], "websocket", upstream.name, cut)
+        try:
+            client.sendall(client_head.encode("latin-1"))
+            _relay_both_ways(client, sock, reader)
+        except OSError:
+            pass
+        finally:
+            if handle is not None:
+                self.streams.done(handle)
+            cut()
+            reader.close()
+            sock.close()
+        return TAKEN_OVER
+
+    def _device_authorization(
+        self, upstream: Upstream, bridge: DeviceCredentials, target: str
+    ) -> str | None:
+        """The Authorization for a WebSocket handshake (which cannot be sent
+        twice): a Digest upstream not heard from yet is asked for its challenge
+        first with a plain GET of the same address."""
+        if bridge.scheme == "digest" and not bridge.has_challenge:
+            try:
+                probe = upstream.pool.urlopen(
+                    "GET",
+                    target,
+                    headers={"Host": upstream.host_header},
+                    redirect=False,
+                    retries=False,
+                    preload_content=False,
+                    timeout=upstream.timeout,
+                    assert_same_host=False,
+                )
+                if probe.status == 401:
+                    bridge.learn(probe.headers.getlist("WWW-Authenticate"))
+                probe.drain_conn()
+                probe.release_conn()
+            except (urllib3.exceptions.HTTPError, OSError):
+                pass  # the handshake itself will report the failure
+        return bridge.authorization("GET", target)
+
+    def _request_headers(
+        self,
+        environ: dict[str, Any],
+        req: Request,
+        upstream: Upstream,
+        info: RequestInfo,
+        identity_headers: list[tuple[str, str]],
+    ) -> list[tuple[str, str]]:
+        svc = self.svc
+        connection_named = _connection_tokens([environ.get("HTTP_CONNECTION", "")])
+        own = svc.identity_header_names
+        headers: list[tuple[str, str]] = []
+        for key, value in environ.items():
+            if not key.startswith("HTTP_"):
+                continue
+            name = key[5:].replace("_", "-").lower()
+            if name in _NOT_FORWARDED or name in connection_named or name in own:
+                continue
+            if name == "cookie":
+                value = self._without_own_cookies(value)
+                if not value:
+                    continue
+            headers.append((name.title(), value))
+        if environ.get("CONTENT_TYPE"):
+            headers.append(("Content-Type", environ["CONTENT_TYPE"]))
+        headers.append(
+            ("Host", req.host if upstream.settings.preserve_host else upstream.host_header)
+        )
+        chain, proto, host = self._forwarded(environ, req)
+        headers.append(("X-Forwarded-For", ", ".join(chain)))
+        headers.append(("X-Forwarded-Proto", proto))
+        headers.append(("X-Forwarded-Host", host))
+        headers.extend(identity_headers)
+        return headers
+
+    def _forwarded(self, environ: dict[str, Any], req: Request) -> tuple[list[str], str, str]:
+        """(X-Forwarded-For chain, proto, host) to send upstream: what the
+        ``proxy.trusted_hops`` proxies in front said (only when the peer is in
+        ``network.trusted_proxies``), else this connection's own facts."""
+        svc = self.svc
+        remote = req.remote_addr or ""
+        hops = svc.settings.proxy.trusted_hops
+        chain: list[str] = []
+        proto, host = _connection_scheme(environ), req.host
+        if hops and remote in svc.trusted_proxies:
+            entries = [e.strip() for e in environ.get("HTTP_X_FORWARDED_FOR", "").split(",")]
+            entries = [e for e in entries if e]
+            if entries and all(_is_ip(e) for e in entries[-hops:]):
+                chain = entries[-hops:]
+            fproto = environ.get("HTTP_X_FORWARDED_PROTO", "").split(",")[-1].strip().lower()
+            if fproto in ("http", "https"):
+                proto = fproto
+            fhost = environ.get("HTTP_X_FORWARDED_HOST", "").split(",")[-1].strip()
+            if fhost and _HOST.match(fhost):
+                host = fhost
+        chain.append(remote)
+        return chain, proto, host
+
+    def _answer_headers(
+        self,
+        headers: list[tuple[str, str]],
+        upstream: Upstream,
+        public_origin: str,
+        *,
+        keep_upgrade: bool = False,
+    ) -> list[tuple[str, str]]:
+        """The upstream's answer headers as the browser gets them."""
+        named = _connection_tokens(v for k, v in headers if k.lower() == "connection")
+        out: list[tuple[str, str]] = []
+        for name, value in headers:
+            lower = name.lower()
+            if keep_upgrade and lower in ("upgrade", "connection"):
+                out.append((name, value))
+                continue
+            if lower in _NOT_RETURNED or lower in named:
+                continue
+            if lower == "www-authenticate" and upstream.credentials is not None:
+                continue  # never a browser prompt for the device's own account
+            if lower == "location":
+                value = upstream.public_location(value, public_origin)
+            elif lower == "set-cookie" and self._sets_own_cookie(value):
+                continue  # an upstream must never set (or clear) the gateway's cookies
+            out.append((name, value))
+        return out
+
+    def _without_own_cookies(self, header: str) -> str:
+        """The Cookie header minus the gateway's cookies.  ',' separates too: the
+        server joins repeated Cookie headers with it, and cookie values cannot
+        contain it (RFC 6265), so nothing of ours can hide behind another name."""
+        kept = []
+        for part in _COOKIE_SEPARATOR.split(header):
+            name = part.partition("=")[0].strip()
+            if name and not self._own_cookie.match(name):
+                kept.append(part.strip())
+        return "; ".join(kept)
+
+    def _sets_own_cookie(self, set_cookie: str) -> bool:
+        name = set_cookie.partition("=")[0].strip()
+        return bool(self._own_cookie.match(name))
+
+
+class _Relay:
+    """The upstream's body, passed on as it arrives (``read1``: whatever is there,
+    up to CHUNK bytes), and the upstream response closed when the client is done
+    or gone.  While it runs it is registered under its session, so that ending
+    the session cuts it (live camera streams, Server-Sent Events)."""
+
+    def __init__(
+        self,
+        resp: Any,
+        svc: Services,
+        audit_fields: dict[str, Any],
+        streams: StreamRegistry,
+        owner: tuple[str, str] | None,
+        upstream: str,
+    ) -> None:
+        self.resp = resp
+        self.svc = svc
+        self.audit_fields = audit_fields
+        self.streams = streams
+        self.handle: StreamHandle | None = None
+        if owner is not None:
+            self.handle = streams.open(owner[0], owner[1], "stream", upstream, self._cut)
+
+    def _cut(self) -> None:
+        try:
+            self.resp.shutdown()  # wakes a read1 blocked in another greenlet
+        except (ValueError, RuntimeError, OSError):
+            pass
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            try:
+                data: bytes = self.resp.read1(CHUNK, decode_content=False)
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                if self.handle is not None and self.handle.closed_because:
+                    raise SessionEnded(self.handle.closed_because) from None
+                self.svc.audit.emit(
+                    "upstream_error",
+                    **self.audit_fields,
+                    status=self.resp.status,
+                    reason="stream-interrupted",
+                    detail=str(exc)[:300],
+                )
+                raise  # the server then drops the connection: never a silently cut body
+            if self.handle is not None and self.handle.closed_because:
+                raise SessionEnded(self.handle.closed_because)
+            if not data:
+                return
+            yield data
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.streams.done(self.handle)
+        self.resp.close()
+        self.resp.release_conn()
+
+
+class SessionEnded(Exception):
+    """Raised into the server to drop a connection whose session has ended."""
+
+
+class _TakenOver:
+    """Returned when the connection was taken over (a WebSocket): the worker
+    (gateway.workers.FairGeventWorker) then closes it without writing anything."""
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(())
+
+
+TAKEN_OVER = _TakenOver()
+
+
+def _relay_both_ways(client: socket.socket, upstream: socket.socket, reader: Any) -> None:
+    """Copy upstream -> client in a greenlet, client -> upstream here, until one
+    side ends; then shut both down so the other copy ends too."""
+    import gevent
+
+    def pump(read: Any, dst: socket.socket) -> None:
+        try:
+            while data := read(CHUNK):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (client, upstream):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    down = gevent.spawn(pump, reader.read1, client)
+    client.settimeout(None)  # silence is limited on the upstream side (read_timeout)
+    pump(client.recv, upstream)
+    down.join()
+
+
+def _request_body(environ: dict[str, Any]) -> tuple[Iterable[bytes] | None, int | None]:
+    """(body, Content-Length): a generator over ``wsgi.input``, never read whole."""
+    stream = environ["wsgi.input"]
+    length_text = (environ.get("CONTENT_LENGTH") or "").strip()
+    if length_text:
+        if not _DIGITS.match(length_text):
+            raise ValueError("bad Content-Length")  # the server has refused these already
+        length = int(length_text)
+
+        def fixed() -> Iterator[bytes]:
+            left = length
+            while left > 0:
+                data = stream.read(min(CHUNK, left))
+                if not data:
+                    raise OSError("the client sent less than its Content-Length")
+                left -= len(data)
+                yield data
+
+        return fixed(), length
+    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+
+        def chunked() -> Iterator[bytes]:
+            while True:
+                data = stream.read(CHUNK)
+                if not data:
+                    return
+                yield data
+
+        return chunked(), None
+    return None, None
+
+
+def _raw_uri(environ: dict[str, Any]) -> str:
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if raw:
+        return str(raw)
+    path = quote(
+        environ.get("PATH_INFO", "/").encode("latin-1").decode("utf-8", "replace"),
+        safe="/;=@:+$,!*'()&~",
+    )
+    query = environ.get("QUERY_STRING", "")
+    return path + ("?" + query if query else "")
+
+
+def _connection_scheme(environ: dict[str, Any]) -> str:
+    """The scheme of the connection itself.  gunicorn rewrites ``wsgi.url_scheme``
+    from X-Forwarded-Proto for its ``forwarded_allow_ips``, which would let a
+    browser on such an address speak for itself even with ``trusted_hops: 0``."""
+    sock = environ.get("gunicorn.socket")
+    if sock is None:
+        return str(environ.get("wsgi.url_scheme", "http"))
+    return "https" if hasattr(sock, "getpeercert") else "http"
+
+
+def _same_origin(origin: str, host: str) -> bool:
+    """Whether an ``Origin`` (``scheme://host[:port]``) names this request's host."""
+    scheme, sep, netloc = origin.strip().partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or not netloc:
+        return False  # "null", or not an origin at all
+    return netloc.lower() == host.lower()
+
+
+def _is_upgrade(environ: dict[str, Any]) -> bool:
+    return "upgrade" in _connection_tokens([environ.get("HTTP_CONNECTION", "")]) or bool(
+        environ.get("HTTP_UPGRADE")
+    )
+
+
+def _connection_tokens(values: Iterable[str]) -> frozenset[str]:
+    return frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip())
+
+
+def _is_ip(text: str) -> bool:
+    from gateway.core.network import parse_address
+
+    return parse_address(text) is not None
+
+
+def _reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def _failure_kind(exc: BaseException) -> str:
+    if isinstance(exc, urllib3.exceptions.SSLError):
+        return "tls"
+    if isinstance(exc, urllib3.exceptions.NewConnectionError | ConnectionRefusedError):
+        return "connect"
+    return "protocol"
+
+
+_ERRORS = {
+    400: "bad_request",
+    404: "not_found",
+    502: "bad_gateway",
+    503: "unavailable",
+    504: "gateway_timeout",
+}

@@ -1,0 +1,723 @@
+"""Reverse-proxy mode end to end: the real gateway under gunicorn (one gevent
+worker) in front of a real upstream server (tests/integration/proxy_upstream.py).
+
+Covers: login redirect vs 401 JSON, 403 page naming the tier, identity headers
+and the signed assertion, every spelling of a spoofed identity header, the
+path-normalisation corpus judged on exactly what the upstream receives, 404 for
+unknown hosts, prefix stripping and Location rewriting, hop-by-hop and
+forwarding headers, the gateway's cookies kept from the upstream (both ways),
+streaming (chunked, MJPEG) without buffering, hundreds of MB up and down with a
+flat worker RSS, 502/504 pages with audit lines, the action audit, and logout
+expiring the upstream's cookies.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from gateway.assertion import verify
+from tests.integration.conftest import (
+    ALICE,
+    JWT_AUDIENCE,
+    JWT_ISSUER,
+    GatewayProcess,
+    SeenRequest,
+    form_fields,
+    http_client,
+    start_gateway,
+    submit_login,
+)
+from tests.integration.pki import make_pki
+from tests.integration.proxy_upstream import DeviceLogin, ProxyUpstream
+from tests.peers import free_port
+
+IDENTITY = {
+    "X-Auth-Request-User": "alice",
+    "X-Auth-Request-Email": "alice@example.test",
+    "X-Auth-Request-Groups": "Intercom-Operators,UC-Users",
+    "X-Auth-Request-Tier": "operator",
+    "X-Auth-Request-Extension": "4711",
+    "X-Auth-Request-Department": "Security",
+}
+
+# every spelling a client might try: any case, '_' for '-'
+SPOOFED: tuple[tuple[str, str], ...] = (
+    ("X-Auth-Request-User", "admin"),
+    ("X-AUTH-REQUEST-USER", "admin"),
+    ("x-auth-request-user", "admin"),
+    ("X_Auth_Request_User", "admin"),
+    ("x_auth-request_user", "admin"),
+    ("x-auth-request-tier", "admin"),
+    ("X_AUTH_REQUEST_TIER", "admin"),
+    ("X-Auth-Request-Groups", "Intercom-Admins"),
+    ("X-Auth-Request-Email", "admin@example.test"),
+    ("X-Auth-Request-Jwt", "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9."),
+    ("x_auth_request_jwt", "forged"),
+    ("X-Auth-Request-Extension", "0000"),
+    ("x_auth_request_department", "IT"),
+)
+
+MB = 1024 * 1024
+
+
+@dataclass
+class Stack:
+    gateway: GatewayProcess
+    upstream: ProxyUpstream
+    client: requests.Session  # signed in as alice (operator)
+    basic: ProxyUpstream  # devices with one local admin account
+    digest: ProxyUpstream
+
+    def url(self, path: str) -> str:
+        return self.gateway.url + path
+
+
+@pytest.fixture(scope="module")
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Stack:
+    upstream = ProxyUpstream()
+    upstream.start()
+    request.addfinalizer(upstream.stop)
+    pki = make_pki(tmp_path_factory.mktemp("pki"))
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(pki.server_cert, pki.server_key)
+    tls.verify_mode = ssl.CERT_REQUIRED  # a device that wants the gateway's certificate
+    tls.load_verify_locations(pki.ca)
+    device = ProxyUpstream(tls)
+    device.start()
+    request.addfinalizer(device.stop)
+    client_tls = {"client_cert": str(pki.client_cert), "client_key": str(pki.client_key)}
+    secret = tmp_path_factory.mktemp("secrets") / "door-admin-password"
+    secret.write_text("Door-Admin-Pw-17\n", encoding="utf-8")
+    basic = ProxyUpstream(login=DeviceLogin("basic", "admin", "Door-Admin-Pw-17"))
+    digest = ProxyUpstream(login=DeviceLogin("digest", "admin", "Door-Admin-Pw-17"))
+    for device_server in (basic, digest):
+        device_server.start()
+        request.addfinalizer(device_server.stop)
+    bridged = {"username": "admin", "password": {"file": str(secret)}}
+    dead_port = free_port()  # nobody listens here
+    hosts = ["127.0.0.1", "localhost"]
+    settings: dict[str, Any] = {
+        "proxy": {
+            "upstreams": [
+                {
+                    "name": "intercom",
+                    "match": {"hosts": hosts},
+                    "url": upstream.url,
+                    "read_timeout": 1.0,
+                    "logout_cookies": ["JSESSIONID"],
+                },
+                {
+                    "name": "pbx",
+                    "match": {"hosts": hosts, "path_prefix": "/pbx", "strip_prefix": True},
+                    "url": upstream.url + "/base",
+                    "logout_cookies": ["PBXSESSION"],
+                },
+                {
+                    "name": "records",
+                    "match": {"hosts": hosts, "path_prefix": "/records"},
+                    "url": device.url,
+                    "ca_bundle": str(pki.ca),
+                    **client_tls,
+                },
+                {
+                    "name": "records-without-cert",
+                    "match": {"hosts": hosts, "path_prefix": "/records-nocert"},
+                    "url": device.url,
+                    "ca_bundle": str(pki.ca),
+                },
+                {
+                    "name": "records-other-ca",
+                    "match": {"hosts": hosts, "path_prefix": "/records-otherca"},
+                    "url": device.url,
+                    "ca_bundle": str(pki.other_ca),
+                    **client_tls,
+                },
+                {
+                    "name": "door-basic",
+                    "match": {"hosts": hosts, "path_prefix": "/doorbasic"},
+                    "url": basic.url,
+                    "device_login": {"scheme": "basic", **bridged},
+                },
+                {
+                    "name": "door-digest",
+                    "match": {"hosts": hosts, "path_prefix": "/doordigest"},
+                    "url": digest.url,
+                    "device_login": {"scheme": "digest", **bridged},
+                },
+                {
+                    "name": "door-digest-ws",  # its own bridge: no challenge known yet
+                    "match": {"hosts": hosts, "path_prefix": "/doorws"},
+                    "url": digest.url,
+                    "device_login": {"scheme": "digest", **bridged},
+                },
+                {
+                    "name": "door-digest-public",  # the lobby page of the same device
+                    "match": {"hosts": hosts, "path_prefix": "/public/door"},
+                    "url": digest.url,
+                    "device_login": {"scheme": "digest", **bridged},
+                },
+                {
+                    "name": "door-wrong-password",
+                    "match": {"hosts": hosts, "path_prefix": "/doorwrong"},
+                    "url": digest.url,
+                    "device_login": {
+                        "scheme": "digest",
+                        "username": "admin",
+                        "password": "not-the-password",
+                    },
+                },
+                {
+                    "name": "door-log",
+                    "match": {"hosts": hosts, "path_prefix": "/doorlog"},
+                    "url": f"http://127.0.0.1:{dead_port}",
+                    "connect_timeout": 1.0,
+                },
+            ]
+        }
+    }
+    gateway = start_gateway(request, tmp_path_factory.mktemp("proxy"), settings=settings, workers=1)
+    client = http_client()
+    request.addfinalizer(client.close)  # before the gateway stops: no idle keep-alive left
+    answer = submit_login(client, gateway.url, ALICE)
+    assert answer.status_code == 303, answer.text
+    return Stack(gateway, upstream, client, basic, digest)
+
+
+@pytest.fixture
+def proxied(stack: Stack) -> Stack:
+    stack.upstream.reset()
+    return stack
+
+
+def _cookie(client: requests.Session) -> str:
+    return "; ".join(f"{c.name}={c.value}" for c in client.cookies)
+
+
+def _seen(resp: requests.Response) -> SeenRequest:
+    assert resp.status_code == 200, resp.text[:500]
+    return SeenRequest.from_json(resp.json())
+
+
+# -- who gets what ------------------------------------------------------------------
+
+
+def test_browser_without_session_is_sent_to_login(proxied: Stack) -> None:
+    anon = http_client()
+    resp = anon.get(proxied.url("/console/?camera=2"), allow_redirects=False, timeout=10)
+    assert resp.status_code == 302
+    assert resp.headers["Location"] == (
+        "/.sso/start?rd=http%3A%2F%2F127.0.0.1%3A"
+        + str(proxied.gateway.port)
+        + "%2Fconsole%2F%3Fcamera%3D2"
+    )
+    assert proxied.upstream.seen == []
+
+
+@pytest.mark.parametrize(
+    ("method", "headers"),
+    [
+        ("GET", {"Accept": "application/json"}),
+        ("GET", {"X-Requested-With": "XMLHttpRequest"}),
+        ("GET", {"Connection": "Upgrade", "Upgrade": "websocket"}),
+        ("POST", {}),
+    ],
+)
+def test_api_callers_without_session_get_401_json(
+    proxied: Stack, method: str, headers: dict[str, str]
+) -> None:
+    resp = http_client().request(
+        method, proxied.url("/api/doors"), headers=headers, allow_redirects=False, timeout=10
+    )
+    assert resp.status_code == 401
+    assert resp.json() == {"error": "login_required"}
+    assert proxied.upstream.seen == []
+
+
+def test_denied_gets_403_page_naming_the_tier(proxied: Stack) -> None:
+    resp = proxied.client.get(proxied.url("/admin/users"), allow_redirects=False, timeout=10)
+    assert resp.status_code == 403
+    assert "text/html" in resp.headers["Content-Type"]
+    assert "admin" in resp.text and "Location" not in resp.headers
+    api = proxied.client.get(
+        proxied.url("/admin/users"), headers={"Accept": "application/json"}, timeout=10
+    )
+    assert api.status_code == 403
+    assert api.json() == {"error": "forbidden", "required_tiers": ["admin"]}
+    assert proxied.upstream.seen == []
+    denied = proxied.gateway.audit_events("denied")
+    assert denied[-1]["user"] == "alice" and denied[-1]["path"] == "/admin/users"
+
+
+def test_unknown_host_is_404_never_a_default_upstream(proxied: Stack) -> None:
+    for host in ("other.test", "evil.example", "127.0.0.2"):
+        resp = proxied.client.get(proxied.url("/console/"), headers={"Host": host}, timeout=10)
+        assert resp.status_code == 404, host
+    assert proxied.upstream.seen == []
+
+
+# -- identity -------------------------------------------------------------------
+
+
+def test_identity_headers_and_assertion_reach_the_upstream(proxied: Stack) -> None:
+    seen = _seen(proxied.client.get(proxied.url("/console/live?camera=3&x=%2F"), timeout=10))
+    assert seen.path == "/console/live?camera=3&x=%2F"
+    for name, value in IDENTITY.items():
+        assert seen.get(name) == value, name
+    token = seen.get("X-Auth-Request-Jwt")
+    assert token
+    jwks = proxied.client.get(proxied.url("/.sso/jwks.json"), timeout=10).json()
+    claims = verify(token, jwks, audience=JWT_AUDIENCE, issuer=JWT_ISSUER)
+    assert claims["sub"] == "alice" and claims["tier"] == "operator"
+
+
+def test_spoofed_identity_headers_never_arrive_in_any_spelling(proxied: Stack) -> None:
+    # raw socket: requests would merge names that differ in case only
+    lines = "".join(f"{name}: {value}\r\n" for name, value in SPOOFED)
+    cookie = "; ".join(f"{c.name}={c.value}" for c in proxied.client.cookies)
+    raw = (
+        f"GET /console/ HTTP/1.1\r\nHost: 127.0.0.1:{proxied.gateway.port}\r\n"
+        f"Cookie: {cookie}\r\n{lines}Connection: close\r\n\r\n"
+    )
+    answer = _raw_request(proxied.gateway.port, raw.encode())
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    [seen] = proxied.upstream.seen
+    for name, value in IDENTITY.items():
+        assert seen.get_all(name) == [value], name
+    assert seen.get("X-Auth-Request-Jwt") not in ("forged", SPOOFED[9][1])
+    # anonymous, on a public route: none arrive at all
+    proxied.upstream.reset()
+    raw = f"GET /public/lobby HTTP/1.1\r\nHost: 127.0.0.1\r\n{lines}Connection: close\r\n\r\n"
+    assert _raw_request(proxied.gateway.port, raw.encode()).startswith(b"HTTP/1.1 200")
+    [seen] = proxied.upstream.seen
+    for name, _ in SPOOFED:
+        assert seen.get_all(name) == [], name
+
+
+def _raw_request(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# -- paths ----------------------------------------------------------------------
+
+# raw request paths an operator might use to reach /admin/: each must be judged as
+# /admin/ (403) or refused as ambiguous (400); none may reach the upstream
+ADMIN_SPELLINGS = {
+    "/admin/": 403,
+    "/%61dmin/": 403,
+    "//admin/": 403,
+    "/public/../admin/": 403,
+    "/public/%2e%2e/admin/": 403,
+    "/./admin/": 403,
+    "/ADMIN/": 403,
+    "/Admin/users": 403,
+    "/admin;jsessionid=1/": 400,
+    "/admin/..;/admin/": 400,
+    "/public%2F..%2Fadmin/": 400,
+    "/public%5C..%5Cadmin/": 400,
+    "/public/..%5cadmin/": 400,
+    "/%2561dmin/": 400,
+    "/admin%00/": 400,
+    "/admin./": 400,
+    "/%C0%AFadmin/": 400,
+    "/../admin/": 400,
+    "//.sso/login": 400,
+}
+
+
+def test_path_corpus_is_judged_on_what_the_upstream_would_receive(proxied: Stack) -> None:
+    cookie = "; ".join(f"{c.name}={c.value}" for c in proxied.client.cookies)
+    for raw_path, status in ADMIN_SPELLINGS.items():
+        conn = http.client.HTTPConnection("127.0.0.1", proxied.gateway.port, timeout=10)
+        try:
+            conn.putrequest("GET", raw_path, skip_accept_encoding=True)
+            conn.putheader("Cookie", cookie)
+            conn.endheaders()
+            resp = conn.getresponse()
+            resp.read()
+        finally:
+            conn.close()
+        assert resp.status == status, raw_path
+    assert proxied.upstream.seen == []
+    assert any(
+        e.get("reason") == "ambiguous-request" for e in proxied.gateway.audit_events("denied")
+    )
+
+
+def test_the_upstream_receives_the_canonical_path(proxied: Stack) -> None:
+    seen = _seen(proxied.client.get(proxied.url("/console//a/./b/../%63am?q=1"), timeout=10))
+    assert seen.path == "/console/a/cam?q=1"
+
+
+def test_prefix_is_stripped_and_location_rewritten(proxied: Stack) -> None:
+    seen = _seen(proxied.client.get(proxied.url("/pbx/status"), timeout=10))
+    assert seen.path == "/base/status"
+    resp = proxied.client.get(proxied.url("/pbx/redirect"), allow_redirects=False, timeout=10)
+    assert resp.status_code == 302
+    assert resp.headers["Location"] == proxied.url("/pbx/login?x=1")
+
+
+# -- headers and cookies -------------------------------------------------------
+
+
+def test_hop_by_hop_and_forwarding_headers(proxied: Stack) -> None:
+    headers = {
+        "Connection": "keep-alive, X-Client-Private",
+        "X-Client-Private": "secret",
+        "Keep-Alive": "timeout=5",
+        "X-Forwarded-For": "6.6.6.6",
+        "X-Forwarded-Host": "evil.example",
+        "X-Forwarded-Proto": "https",
+        "Forwarded": "for=6.6.6.6",
+        "X-Real-IP": "6.6.6.6",
+        "X-Original-URL": "http://127.0.0.1/public/",
+        "X-Rewrite-URL": "/admin/",
+        "X-HTTP-Method-Override": "DELETE",
+        "X-HTTP-Method": "DELETE",
+        "X-Method-Override": "DELETE",
+        # an explicit Cookie header replaces the client's jar: the session goes in too
+        "Cookie": "JSESSIONID=device; "
+        + "; ".join(f"{c.name}={c.value}" for c in proxied.client.cookies)
+        + "; theme=dark; sso_gw_csrf=x; __Host-sso_gw=y",
+    }
+    resp = proxied.client.get(proxied.url("/console/"), headers=headers, timeout=10)
+    seen = _seen(resp)
+    for name in (
+        "X-Client-Private",
+        "Keep-Alive",
+        "Forwarded",
+        "X-Real-IP",
+        "X-Original-URL",
+        "X-Rewrite-URL",
+        "X-HTTP-Method-Override",
+        "X-HTTP-Method",
+        "X-Method-Override",
+    ):
+        assert seen.get_all(name) == [], name
+    assert seen.get("X-Forwarded-For") == "127.0.0.1"
+    assert seen.get("X-Forwarded-Host") == f"127.0.0.1:{proxied.gateway.port}"
+    assert seen.get("X-Forwarded-Proto") == "http"
+    assert seen.get("Host") == f"127.0.0.1:{proxied.upstream.port}"
+    cookie = seen.get("Cookie") or ""
+    assert "JSESSIONID=device" in cookie and "theme=dark" in cookie
+    assert "sso_gw" not in cookie  # neither the session nor any other gateway cookie
+
+    # two Cookie headers (the server joins them with ','): ours stays behind either way
+    session = next(c for c in proxied.client.cookies if c.name == "sso_gw")
+    raw = (
+        f"GET /public/lobby HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: theme=dark\r\n"
+        f"Cookie: sso_gw={session.value}\r\nConnection: close\r\n\r\n"
+    )
+    proxied.upstream.reset()
+    _raw_request(proxied.gateway.port, raw.encode())
+    [seen] = proxied.upstream.seen  # a public route: forwarded even without a session
+    assert seen.get("Cookie") == "theme=dark"
+    # the upstream's own hop-by-hop header does not come back
+    assert "X-Upstream-Private" not in resp.headers
+
+
+def test_upstream_cannot_set_the_gateways_cookies(proxied: Stack) -> None:
+    resp = http_client().get(proxied.url("/public/setcookie"), timeout=10)
+    assert resp.status_code == 200
+    set_cookies = resp.raw.headers.getlist("Set-Cookie")
+    assert set_cookies == ["JSESSIONID=device-session; Path=/"]
+
+
+def test_logout_expires_the_upstream_cookies(stack: Stack) -> None:
+    client = http_client()
+    assert submit_login(client, stack.gateway.url, ALICE).status_code == 303
+    form = client.get(stack.url("/.sso/logout"), timeout=10)
+    resp = client.post(
+        stack.url("/.sso/logout"), data=form_fields(form.text), allow_redirects=False, timeout=10
+    )
+    assert resp.status_code == 200
+    expired = [c for c in resp.raw.headers.getlist("Set-Cookie") if "Max-Age=0" in c]
+    assert any(c.startswith("JSESSIONID=;") and c.endswith("Path=/") for c in expired)
+    assert any(c.startswith("PBXSESSION=;") and c.endswith("Path=/pbx") for c in expired)
+    assert any(c.startswith("PBXSESSION=;") and c.endswith("Path=/") for c in expired)
+
+
+# -- audit and failures ------------------------------------------------------------
+
+
+def test_state_changing_requests_are_audited(proxied: Stack) -> None:
+    resp = proxied.client.post(proxied.url("/doors/7/unlock"), data=b"now", timeout=10)
+    assert resp.status_code == 200
+    line = proxied.gateway.audit_events("proxy_action")[-1]
+    assert {k: line[k] for k in ("user", "tier", "upstream", "method", "path", "status")} == {
+        "user": "alice",
+        "tier": "operator",
+        "upstream": "intercom",
+        "method": "POST",
+        "path": "/doors/7/unlock",
+        "status": 200,
+    }
+    before = len(proxied.gateway.audit_events("proxy_action"))
+    proxied.client.get(proxied.url("/console/"), timeout=10)
+    assert len(proxied.gateway.audit_events("proxy_action")) == before  # GETs are not
+
+
+def test_unreachable_upstream_is_502_page_and_audited(proxied: Stack) -> None:
+    resp = proxied.client.post(proxied.url("/doorlog/export"), data=b"x", timeout=10)
+    assert resp.status_code == 502
+    assert "door-log" in resp.text and "text/html" in resp.headers["Content-Type"]
+    error = proxied.gateway.audit_events("upstream_error")[-1]
+    assert error["upstream"] == "door-log" and error["status"] == 502
+    assert error["reason"] == "connect"
+    assert proxied.gateway.audit_events("proxy_action")[-1]["status"] == 502
+    assert proxied.client.get(proxied.url("/.sso/healthz"), timeout=10).status_code == 200
+
+
+def test_slow_upstream_is_504(proxied: Stack) -> None:
+    started = time.monotonic()
+    resp = proxied.client.get(proxied.url("/console/slow"), timeout=10)
+    assert resp.status_code == 504
+    assert time.monotonic() - started < 2.5
+    assert proxied.gateway.audit_events("upstream_error")[-1]["reason"] == "timeout"
+
+
+@pytest.mark.parametrize(
+    ("path", "upstream"),
+    [("/records-nocert/x", "records-without-cert"), ("/records-otherca/x", "records-other-ca")],
+)
+def test_tls_failures_are_502(proxied: Stack, path: str, upstream: str) -> None:
+    resp = proxied.client.get(proxied.url(path), timeout=10)
+    assert resp.status_code == 502
+    error = proxied.gateway.audit_events("upstream_error")[-1]
+    assert error["upstream"] == upstream
+    assert error["reason"] in ("tls", "protocol"), error
+
+
+def test_https_upstream_with_private_ca_and_client_certificate(proxied: Stack) -> None:
+    seen = _seen(proxied.client.get(proxied.url("/records/calls?day=1"), timeout=10))
+    assert seen.path == "/records/calls?day=1"
+    assert seen.get("X-Auth-Request-User") == "alice"
+
+
+def test_range_requests_pass_through(proxied: Stack) -> None:
+    resp = proxied.client.get(
+        proxied.url("/console/range"), headers={"Range": "bytes=10-19"}, timeout=10
+    )
+    assert resp.status_code == 206
+    assert resp.headers["Content-Range"] == "bytes 10-19/1024"
+    assert resp.content == bytes(range(10, 20))
+
+
+# -- device credential bridge -------------------------------------------------
+
+
+def test_basic_device_login_is_answered_for_the_person(proxied: Stack) -> None:
+    proxied.basic.reset()
+    resp = proxied.client.get(
+        proxied.url("/doorbasic/relays"),
+        headers={"Authorization": "Basic ZXZpbDpldmls"},
+        timeout=10,
+    )
+    assert resp.status_code == 200
+    [seen] = proxied.basic.seen
+    assert seen.get_all("Authorization") == ["Basic YWRtaW46RG9vci1BZG1pbi1Qdy0xNw=="]
+    assert seen.get("X-Auth-Request-User") == "alice"
+
+
+def test_digest_device_login_challenge_once_then_preemptive(proxied: Stack) -> None:
+    login = proxied.digest._server.login
+    assert login is not None
+    for path in ("/doordigest/relays/1", "/doordigest/relays/2?x=1"):
+        resp = proxied.client.get(proxied.url(path), timeout=10)
+        assert resp.status_code == 200, resp.text
+        assert "WWW-Authenticate" not in resp.headers
+    challenges = login.challenges
+    assert challenges >= 1
+    resp = proxied.client.post(proxied.url("/doordigest/relays/1/open"), data=b"pulse", timeout=10)
+    assert resp.status_code == 200
+    big = proxied.client.put(
+        proxied.url("/doordigest/firmware/upload"), data=_Payload(5 * MB), timeout=30
+    )
+    assert big.json() == {"received": 5 * MB}  # streamed, with the remembered challenge
+    assert login.challenges == challenges  # no new challenge was needed
+    login.expire_nonces()  # the device forgets its nonces: answered again, transparently
+    resp = proxied.client.post(proxied.url("/doordigest/relays/1/open"), data=b"pulse", timeout=10)
+    assert resp.status_code == 200
+    assert login.challenges == challenges + 1
+    actions = proxied.gateway.audit_events("proxy_action")
+    assert actions[-1]["upstream"] == "door-digest" and actions[-1]["status"] == 200
+
+
+def test_websocket_handshake_to_a_digest_device_carries_the_credentials(
+    proxied: Stack,
+) -> None:
+    """The handshake cannot be sent twice, so the gateway asks a Digest device it
+    has not heard from for its challenge first.  (This device does not speak
+    WebSocket: it accepts the credentials and answers 200, which is passed back.)"""
+    proxied.digest.reset()
+    with pytest.raises(InvalidStatus) as info:
+        with connect(
+            f"ws://127.0.0.1:{proxied.gateway.port}/doorws/events",
+            additional_headers={"Cookie": _cookie(proxied.client)},
+            open_timeout=10,
+        ):
+            pass
+    assert info.value.response.status_code == 200
+    handshake = [s for s in proxied.digest.seen if s.get("Upgrade") == "websocket"]
+    assert len(handshake) == 1
+    assert (handshake[0].get("Authorization") or "").startswith("Digest ")
+
+
+def test_bridge_is_never_used_without_an_authorised_person(proxied: Stack) -> None:
+    login = proxied.digest._server.login
+    assert login is not None
+    resp = http_client().get(
+        proxied.url("/public/door/lobby"),
+        headers={"Authorization": "Basic Z3Vlc3M6cHc="},
+        timeout=10,
+    )
+    assert resp.status_code == 401  # the device's own answer, for nobody in particular
+    assert "WWW-Authenticate" not in resp.headers  # and no password prompt
+    assert not any(s.get("Authorization") for s in proxied.digest.seen if "lobby" in s.path)
+
+
+def test_refused_device_credentials_are_502_and_audited(proxied: Stack) -> None:
+    resp = proxied.client.get(proxied.url("/doorwrong/relays"), timeout=10)
+    assert resp.status_code == 502
+    assert "WWW-Authenticate" not in resp.headers
+    failed = proxied.gateway.audit_events("device_login_failed")[-1]
+    assert failed["upstream"] == "door-wrong-password" and failed["user"] == "alice"
+    assert failed["reason"] == "refused"
+    assert "Door-Admin" not in proxied.gateway.audit_path.read_text(encoding="utf-8")
+
+
+# -- streaming ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["chunked", "mjpeg"])
+def test_streams_pass_through_as_they_arrive(proxied: Stack, kind: str) -> None:
+    """The upstream holds back its second part until the test has read the
+    first one through the gateway: a buffering proxy would deadlock here."""
+    with proxied.client.get(proxied.url(f"/console/{kind}"), stream=True, timeout=10) as resp:
+        assert resp.status_code == 200
+        got = b""
+        chunks = resp.iter_content(chunk_size=None)
+        while b"first" not in got and b"frame-0" not in got:
+            got += next(chunks)
+        proxied.upstream.release.set()
+        for chunk in chunks:
+            got += chunk
+    if kind == "chunked":
+        assert got == b"first;second;third"
+    else:
+        assert resp.headers["Content-Type"] == "multipart/x-mixed-replace; boundary=frame"
+        assert b"frame-0" in got and b"frame-1" in got
+
+
+def _worker_pid(gateway: GatewayProcess) -> int:
+    assert gateway.pid is not None
+    children = Path(f"/proc/{gateway.pid}/task/{gateway.pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+class _RssWatch:
+    """The highest RSS of a process, sampled every 20 ms while in the block."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.start = _rss(pid)
+        self.peak = self.start
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, _rss(self.pid))
+
+    def __enter__(self) -> _RssWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.start
+
+
+SIZE = 300 * MB
+
+
+def _body(size: int) -> Iterator[bytes]:
+    block = b"\x5a" * MB
+    for _ in range(size // MB):
+        yield block
+
+
+class _Payload:
+    """``size`` bytes made up on the fly, read by requests with a Content-Length."""
+
+    block = b"\x5a" * MB
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def read(self, amount: int = -1) -> bytes:
+        amount = self.left if amount < 0 else min(amount, self.left, MB)
+        self.left -= amount
+        return self.block[:amount]
+
+
+def test_large_download_streams_with_flat_memory(proxied: Stack) -> None:
+    pid = _worker_pid(proxied.gateway)
+    proxied.client.get(proxied.url("/console/download?size=1000"), timeout=10)  # warm up
+    with _RssWatch(pid) as watch:
+        resp = proxied.client.get(
+            proxied.url(f"/console/download?size={SIZE}"), stream=True, timeout=30
+        )
+        assert resp.headers["Content-Length"] == str(SIZE)
+        total = sum(len(c) for c in resp.iter_content(chunk_size=MB))
+    assert total == SIZE
+    assert watch.growth < 50 * MB, f"worker RSS grew {watch.growth / MB:.0f} MB"
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_large_upload_streams_with_flat_memory(proxied: Stack, chunked: bool) -> None:
+    pid = _worker_pid(proxied.gateway)
+    data: Any = _body(SIZE) if chunked else _Payload(SIZE)
+    with _RssWatch(pid) as watch:
+        resp = proxied.client.put(proxied.url("/console/firmware/upload"), data=data, timeout=60)
+    assert resp.status_code == 200, resp.text[:300]
+    assert resp.json() == {"received": SIZE}
+    assert watch.growth < 50 * MB, f"worker RSS grew {watch.growth / MB:.0f} MB"
+    seen = proxied.upstream.seen[-1]
+    if chunked:
+        assert seen.get("Transfer-Encoding") == "chunked"
+    else:
+        assert seen.get("Content-Length") == str(SIZE)
