@@ -54,6 +54,9 @@ def gunicorn_options(
         "errorlog": "-",
         "loglevel": "info",
         "proc_name": "sso-gateway",
+        # gunicorn must not act on X-Forwarded-* itself (by default it rewrites the
+        # scheme for requests from loopback): network.trusted_proxies decides
+        "forwarded_allow_ips": "",
         "post_worker_init": _worker_started,
         "child_exit": _worker_exited,
         # one control socket per gateway (gunicornc), not one per user account
