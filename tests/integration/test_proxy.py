@@ -667,7 +667,7 @@ class _RssWatch:
         return self.peak - self.start
 
 
-SIZE = 300 * MB
+SIZE = 500 * MB  # the issue: memory stays flat while 500 MB pass
 
 
 def _body(size: int) -> Iterator[bytes]:
