@@ -15,7 +15,8 @@ What is counted:
 * ``sso_gateway_decisions_total{outcome, route}`` - every forward-auth decision;
   routes come from the policy, ``none`` when no route matched;
 * ``sso_gateway_request_duration_seconds{endpoint}`` - ``auth`` for
-  ``/.sso/auth`` (the proxy adds its own);
+  ``/.sso/auth``, ``proxy`` for proxied requests (until the upstream's status and
+  headers; WebSockets are not timed);
 * ``sso_gateway_store_errors_total{where}`` - session store failures;
 * ``sso_gateway_sessions_revoked_total{reason}``;
 * ``sso_gateway_active_sessions`` - live sessions in the store, counted at most
@@ -159,6 +160,9 @@ class Metrics:
                 n = len(sessions) if isinstance(sessions, list) else 1
             if n:
                 self.revocations.labels(_REVOKING_EVENTS[str(event)]).inc(n)
+
+    def observe(self, endpoint: str, seconds: float) -> None:
+        self.latency.labels(endpoint).observe(seconds)
 
     def decision(self, outcome: str, route: str | None, seconds: float) -> None:
         self.decisions.labels(outcome, route or "none").inc()

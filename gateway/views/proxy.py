@@ -25,6 +25,7 @@ import http.client
 import logging
 import re
 import socket
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import quote
@@ -129,8 +130,13 @@ class ProxyApp:
         path_info: str = environ.get("PATH_INFO") or "/"
         if path_info.startswith(SSO_PREFIX) or path_info == SSO_PREFIX[:-1]:
             return self.flask_wsgi(environ, start_response)  # type: ignore[no-any-return]
+        started = time.perf_counter()
         try:
-            return self._proxy(environ, start_response)
+            answer = self._proxy(environ, start_response)
+            if self.svc.metrics is not None and not _is_upgrade(environ):
+                # until the upstream's status and headers (bodies stream afterwards)
+                self.svc.metrics.observe("proxy", time.perf_counter() - started)
+            return answer
         except Exception:
             log.exception("proxying failed")
             self.svc.audit.emit("error", where="proxy", reason="internal error; failed closed")

@@ -156,3 +156,22 @@ def test_websocket_upgrade_outside_gunicorn_is_501(
     assert gw.login("alice").status_code == 303
     resp = gw.get("/console/ws", headers={"Connection": "Upgrade", "Upgrade": "websocket"})
     assert resp.status_code == 501
+
+
+def test_proxied_requests_are_timed_in_the_metrics(
+    make_gateway: GatewayFactory, upstream: ProxyUpstream
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    gw = _gateway(make_gateway, upstream, hops=0)
+    assert gw.login("alice").status_code == 303
+    for _ in range(3):
+        assert gw.get("/console/").status_code == 200
+    text = gw.get("/.sso/metrics").get_data(as_text=True)
+    counts = {
+        s.labels.get("endpoint"): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "sso_gateway_request_duration_seconds_count"
+    }
+    assert counts.get("proxy") == 3
