@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from dataclasses import replace
 from typing import Any
 
 from flask import Blueprint, Response, request
@@ -33,6 +34,7 @@ from gateway.providers.oidc import OidcClient, OidcFailed, has_group_overage, id
 from gateway.providers.oidc import new_secret as _secret
 from gateway.services import Services
 from gateway.sessions.manager import EXPIRED_GRACE, Session
+from gateway.settings_oidc import OidcSettings
 from gateway.views.common import (
     client_ip,
     public_scheme,
@@ -240,10 +242,10 @@ def _complete(
     group_ids: tuple[str, ...] | None = None
     resolver_name = None
     if has_group_overage(merged, settings.claims.groups):
-        group_ids, resolver_name = _resolve_overage(svc, settings.group_overage, merged)
+        group_ids, resolver_name = _resolve_overage(svc, settings, merged)
     identity = identity_from_claims(settings, merged, group_ids=group_ids)
     if identity.auth_time == 0.0:
-        identity = _with_auth_time(identity, now)
+        identity = replace(identity, auth_time=now)  # the provider did not say: now
     iss, sub, sid = str(claims["iss"]), str(claims["sub"]), claims.get("sid")
     login = {"iss": iss, "sub": sub, "id_token": id_token}
     if isinstance(sid, str) and sid:
@@ -262,22 +264,17 @@ def _complete(
     return resp
 
 
-def _with_auth_time(identity: Any, now: float) -> Any:
-    from dataclasses import replace
-
-    return replace(identity, auth_time=now)
-
-
 def _resolve_overage(
-    svc: Services, how: str, claims: dict[str, Any]
+    svc: Services, settings: OidcSettings, claims: dict[str, Any]
 ) -> tuple[tuple[str, ...], str]:
+    """The person's groups from the configured resolver (Graph or the
+    directory), for a token that said it had too many to carry."""
+    how = settings.group_overage
     if how == "refuse":
         raise OidcFailed("group-overage-refused")
     resolver = svc.group_resolvers.get(how)
     if resolver is None:
         raise OidcFailed(f"group-overage-no-{how}-resolver")
-    settings = svc.oidc.settings if svc.oidc else None
-    assert settings is not None
     who = GroupQuery(
         object_id=_str(claims.get(settings.claims.subject)) or _str(claims.get("oid")),
         username=_str(claims.get(settings.claims.username)),
