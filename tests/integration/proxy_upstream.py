@@ -4,6 +4,8 @@ server written for the tests.  What it does depends on the last path segment:
 * ``.../chunked``   three chunks, the second only after ``release`` is set;
 * ``.../mjpeg``     a ``multipart/x-mixed-replace`` stream of two JPEG-ish parts,
   the second only after ``release`` is set;
+* ``.../events``    Server-Sent Events (``text/event-stream``, chunked): two door
+  events, the second only after ``release`` is set;
 * ``.../download``  ``?size=N`` bytes streamed from memory with a Content-Length;
 * ``.../upload``    reads the body (Content-Length or chunked) and answers with
   how many bytes arrived;
@@ -186,6 +188,19 @@ class _Handler(BaseHTTPRequestHandler):
                 if i == 1:
                     self.server.release.wait(10)
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+        elif last == "events":
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(2):
+                if i == 1:
+                    self.server.release.wait(10)
+                event = b"event: door\ndata: door-%d opened\n\n" % i
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
                 self.wfile.flush()
             self.wfile.write(b"0\r\n\r\n")
         elif last == "mjpeg":

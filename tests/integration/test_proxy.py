@@ -6,7 +6,7 @@ and the signed assertion, every spelling of a spoofed identity header, the
 path-normalisation corpus judged on exactly what the upstream receives, 404 for
 unknown hosts, prefix stripping and Location rewriting, hop-by-hop and
 forwarding headers, the gateway's cookies kept from the upstream (both ways),
-streaming (chunked, MJPEG) without buffering, hundreds of MB up and down with a
+streaming (chunked, MJPEG, Server-Sent Events) without buffering, hundreds of MB up and down with a
 flat worker RSS, 502/504 pages with audit lines, the action audit, and logout
 expiring the upstream's cookies.
 """
@@ -606,7 +606,7 @@ def test_refused_device_credentials_are_502_and_audited(proxied: Stack) -> None:
 # -- streaming ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["chunked", "mjpeg"])
+@pytest.mark.parametrize("kind", ["chunked", "mjpeg", "events"])
 def test_streams_pass_through_as_they_arrive(proxied: Stack, kind: str) -> None:
     """The upstream holds back its second part until the test has read the
     first one through the gateway: a buffering proxy would deadlock here."""
@@ -614,13 +614,16 @@ def test_streams_pass_through_as_they_arrive(proxied: Stack, kind: str) -> None:
         assert resp.status_code == 200
         got = b""
         chunks = resp.iter_content(chunk_size=None)
-        while b"first" not in got and b"frame-0" not in got:
+        while not any(marker in got for marker in (b"first", b"frame-0", b"door-0")):
             got += next(chunks)
         proxied.upstream.release.set()
         for chunk in chunks:
             got += chunk
     if kind == "chunked":
         assert got == b"first;second;third"
+    elif kind == "events":  # Server-Sent Events
+        assert resp.headers["Content-Type"] == "text/event-stream"
+        assert got == b"event: door\ndata: door-0 opened\n\nevent: door\ndata: door-1 opened\n\n"
     else:
         assert resp.headers["Content-Type"] == "multipart/x-mixed-replace; boundary=frame"
         assert b"frame-0" in got and b"frame-1" in got
