@@ -94,7 +94,8 @@ def create_app(
     if settings.metrics.enabled:
         from gateway.metrics import Metrics
 
-        metrics = Metrics(active_sessions=lambda: sum(1 for _ in store.iter_sessions()))
+        # live ones only: the store keeps expired records a while (EXPIRED_GRACE)
+        metrics = Metrics(active_sessions=lambda: len(services.sessions.list(now=clock())))
         audit.add_listener(metrics.on_audit)
     ldap = _build_ldap(settings, audit) if settings.providers.ldap is not None else None
 

@@ -80,3 +80,12 @@ def test_metrics_can_be_switched_off(make_gateway: GatewayFactory) -> None:
     gw = make_gateway(extra_yaml="metrics:\n  enabled: false\n")
     assert gw.get("/.sso/metrics").status_code == 404
     assert gw.auth(CONSOLE).status_code == 401  # forward-auth unaffected
+
+
+def test_expired_sessions_are_not_counted_as_active(make_gateway: GatewayFactory) -> None:
+    gw = make_gateway()
+    gw.login("alice")
+    assert value(samples(gw), "sso_gateway_active_sessions") == 1
+    gw.clock.advance(7200 + 1)  # past the absolute lifetime; the record stays a while
+    assert sum(1 for _ in gw.services.store.iter_sessions()) == 1  # still stored
+    assert value(samples(gw), "sso_gateway_active_sessions") == 0
