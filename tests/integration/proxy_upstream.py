@@ -4,7 +4,7 @@ server written for the tests.  What it does depends on the last path segment:
 * ``.../chunked``   three chunks, the second only after ``release`` is set;
 * ``.../mjpeg``     a ``multipart/x-mixed-replace`` stream of two JPEG-ish parts,
   the second only after ``release`` is set;
-* ``.../events``    Server-Sent Events (``text/event-stream``, chunked): two door
+* ``.../sse``       Server-Sent Events (``text/event-stream``, chunked): two door
   events, the second only after ``release`` is set;
 * ``.../download``  ``?size=N`` bytes streamed from memory with a Content-Length;
 * ``.../upload``    reads the body (Content-Length or chunked) and answers with
@@ -190,7 +190,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
                 self.wfile.flush()
             self.wfile.write(b"0\r\n\r\n")
-        elif last == "events":
+        elif last == "sse":
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Cache-Control", "no-cache")

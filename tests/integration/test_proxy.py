@@ -606,7 +606,7 @@ def test_refused_device_credentials_are_502_and_audited(proxied: Stack) -> None:
 # -- streaming ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["chunked", "mjpeg", "events"])
+@pytest.mark.parametrize("kind", ["chunked", "mjpeg", "sse"])
 def test_streams_pass_through_as_they_arrive(proxied: Stack, kind: str) -> None:
     """The upstream holds back its second part until the test has read the
     first one through the gateway: a buffering proxy would deadlock here."""
@@ -621,7 +621,7 @@ def test_streams_pass_through_as_they_arrive(proxied: Stack, kind: str) -> None:
             got += chunk
     if kind == "chunked":
         assert got == b"first;second;third"
-    elif kind == "events":  # Server-Sent Events
+    elif kind == "sse":  # Server-Sent Events
         assert resp.headers["Content-Type"] == "text/event-stream"
         assert got == b"event: door\ndata: door-0 opened\n\nevent: door\ndata: door-1 opened\n\n"
     else:
