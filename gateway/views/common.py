@@ -14,6 +14,7 @@ from werkzeug.wrappers import Request
 from gateway.core.errors import AmbiguousPath, UnsafeRedirect
 from gateway.core.model import RequestInfo
 from gateway.core.paths import normalise_path
+from gateway.core.policy import normalise_host
 from gateway.core.redirects import safe_redirect
 from gateway.services import Services
 from gateway.sessions.manager import Expired, Session
@@ -134,26 +135,21 @@ def _check_pinned_host(req: Request, host: str) -> None:
     """``/.sso/auth?host=NAME`` (set by the proxy in its auth URL, e.g. ingress-nginx
     ``auth-url: http://gateway/.sso/auth?host=$host``) names the host whose server
     block asks.  The original request's host must be that one (case and port
-    ignored), or the request is refused as ambiguous: ingress-nginx builds
+    and one trailing dot ignored, as the policy compares hosts), or the request is
+    refused as ambiguous: ingress-nginx builds
     X-Original-URL from the client's Host header, which an absolute-form request
     line (``GET https://a.example/admin/`` with ``Host: b.example``) can make
     differ from the host nginx routed by, and b.example's routes must never judge
     a request for a.example."""
+    if not req.environ.get("QUERY_STRING"):
+        return  # the usual auth subrequest: no query to parse
     pinned = req.args.getlist("host")
     if not pinned:
         return
     if len(pinned) != 1 or not _HOST.match(pinned[0].strip()):
         raise AmbiguousPath("the auth URL's host parameter is not one host name")
-    if _hostname(pinned[0]) != _hostname(host):
+    if normalise_host(pinned[0]) != normalise_host(host):
         raise AmbiguousPath("the original URL names another host than the one the proxy routed")
-
-
-def _hostname(host: str) -> str:
-    """Lower-case host without its port (an IPv6 literal keeps its brackets)."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        return host.split("]", 1)[0] + "]"
-    return host.rsplit(":", 1)[0] if ":" in host else host
 
 
 def untrusted_forward_headers(svc: Services, req: Request) -> list[str]:

@@ -18,14 +18,12 @@ from werkzeug.wrappers import Request
 from gateway.core.errors import AmbiguousPath, StoreUnavailable
 from gateway.core.model import Decision, Outcome
 from gateway.services import Services
-from gateway.sessions.manager import Session
 from gateway.views.common import (
     client_ip,
-    load_session,
-    now_dt,
     original_request,
     untrusted_forward_headers,
 )
+from gateway.views.judge import judge
 from gateway.views.respond import (
     Answer,
     forward_auth_answer,
@@ -60,31 +58,13 @@ def check(svc: Services, req: Request) -> Answer:
                 note="reported at most once a minute per address",
             )
     try:
-        loaded = load_session(svc, req, now)
-        session = loaded if isinstance(loaded, Session) else None
-        identity = session.identity if session is not None else None
-        decision = svc.policy.current.evaluate(identity, judged.info, now_dt(svc, now))
-        # only a request the session itself allowed counts as activity: neither
-        # passive routes (polling) nor public ones extend the idle timer
-        if session is not None and decision.outcome is Outcome.ALLOW and not decision.passive:
-            svc.sessions.touch(session, now)
+        verdict = judge(svc, req, judged.info, now)
     except StoreUnavailable as exc:
         svc.audit.emit("store_unavailable", where=AUTH_PATH, detail=str(exc))
         return unavailable_answer("session store unavailable")
-    if decision.outcome is Outcome.DENY and identity is not None:
-        svc.audit.emit(
-            "denied",
-            user=identity.subject,
-            tier=decision.tier,
-            route=decision.route,
-            reasons=decision.reasons,
-            host=judged.info.host,
-            path=judged.info.path,
-            method=judged.info.method,
-            client_ip=judged.info.client_ip,
-        )
+    session = verdict.session
     return forward_auth_answer(
-        svc, decision, identity, session.key if session is not None else None, now
+        svc, verdict.decision, verdict.identity, session.key if session is not None else None, now
     )
 
 

@@ -80,14 +80,7 @@ def login_form() -> Response:
     try:
         loaded = load_session(svc, request, now)
     except StoreUnavailable as exc:
-        svc.audit.emit("store_unavailable", where="/.sso/login", detail=str(exc))
-        return page(
-            "error.html",
-            503,
-            site_name=svc.settings.site_name,
-            title="Temporarily unavailable",
-            message="Sign-in is unavailable right now. Try again in a moment.",
-        )
+        return unavailable_page(svc, "/.sso/login", exc)
     forced = request.args.get("prompt") == "login"  # sign in again / as someone else
     if (
         isinstance(loaded, Session)

@@ -27,6 +27,7 @@ import re
 import socket
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -39,11 +40,11 @@ from gateway.core.model import Decision, Identity, Outcome, RequestInfo
 from gateway.core.paths import normalise_path
 from gateway.device_auth import DeviceCredentials
 from gateway.services import Services
-from gateway.sessions.manager import Session
 from gateway.streams import StreamHandle, StreamRegistry
 from gateway.upstreams import Upstream, UpstreamTable
-from gateway.views.common import client_ip, load_session, now_dt, public_scheme, wants_json
-from gateway.views.respond import json_answer, page
+from gateway.views.common import client_ip, public_scheme, wants_json
+from gateway.views.judge import judge
+from gateway.views.respond import identity_headers, json_answer, page
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,32 @@ _HOST = re.compile(r"[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?\Z|\[[0-9A-Fa-f:.]+\](:[
 _QUERY = re.compile(r"[!-~]*\Z")  # printable ASCII, no space (browsers encode the rest)
 _DIGITS = re.compile(r"[0-9]{1,19}\Z")
 _COOKIE_SEPARATOR = re.compile(r"[;,]")
+
+
+@dataclass(frozen=True)
+class _Forwarded:
+    """What the upstream is told about the hops in front of it."""
+
+    chain: tuple[str, ...]  # X-Forwarded-For
+    proto: str
+    host: str
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One allowed (or public) request on its way upstream."""
+
+    environ: dict[str, Any]
+    start_response: Any
+    req: Request
+    upstream: Upstream
+    info: RequestInfo
+    query: str
+    decision: Decision
+    identity: Identity | None
+    identity_headers: list[tuple[str, str]]
+    owner: tuple[str, str] | None  # (session key, user): ending the session cuts this
+    forwarded: _Forwarded
 
 
 class ProxyApp:
@@ -249,18 +276,13 @@ class ProxyApp:
                 "Not found",
                 "This gateway does not serve that address.",
             )
-        scheme = self._forwarded(environ, req)[1]
+        forwarded = self._forwarded(environ, req)
         info = RequestInfo(
-            host=host.lower(), path=path, method=req.method, client_ip=ip, scheme=scheme
+            host=host.lower(), path=path, method=req.method, client_ip=ip, scheme=forwarded.proto
         )
         now = svc.clock()
         try:
-            loaded = load_session(svc, req, now)
-            session = loaded if isinstance(loaded, Session) else None
-            identity = session.identity if session is not None else None
-            decision = svc.policy.current.evaluate(identity, info, now_dt(svc, now))
-            if session is not None and decision.outcome is Outcome.ALLOW and not decision.passive:
-                svc.sessions.touch(session, now)
+            verdict = judge(svc, req, info, now)
         except StoreUnavailable as exc:
             svc.audit.emit("store_unavailable", where="proxy", detail=str(exc))
             return self._page(
@@ -270,21 +292,10 @@ class ProxyApp:
                 "Temporarily unavailable",
                 "The session store cannot be reached. Try again in a moment.",
             )
+        decision = verdict.decision
         if decision.outcome is Outcome.LOGIN:
             return self._login(environ, start_response, req, decision)
         if decision.outcome is Outcome.DENY:
-            if identity is not None:
-                svc.audit.emit(
-                    "denied",
-                    user=identity.subject,
-                    tier=decision.tier,
-                    route=decision.route,
-                    reasons=decision.reasons,
-                    host=info.host,
-                    path=path,
-                    method=info.method,
-                    client_ip=ip,
-                )
             return self._denied(environ, start_response, req, decision)
         if decision.outcome is Outcome.ERROR:
             return self._page(
@@ -294,58 +305,34 @@ class ProxyApp:
                 "Temporarily unavailable",
                 "The gateway cannot decide right now.",
             )
-        identity_headers: list[tuple[str, str]] = []
-        if decision.outcome is Outcome.ALLOW and identity is not None and session is not None:
-            jwt = None
-            if svc.signer is not None:
-                jwt = svc.signer.sign(identity, decision.tier, session.key, now)
-            identity_headers = svc.header_cache.headers(identity, decision.tier, jwt, session.key)
-        owner = (
-            (session.key, identity.subject)
-            if decision.outcome is Outcome.ALLOW and identity is not None and session is not None
-            else None
+        allowed = verdict.allowed_session
+        call = _Call(
+            environ=environ,
+            start_response=start_response,
+            req=req,
+            upstream=upstream,
+            info=info,
+            query=query,
+            decision=decision,
+            identity=verdict.identity,
+            identity_headers=(
+                identity_headers(svc, allowed.identity, decision.tier, allowed.key, now)
+                if allowed is not None
+                else []
+            ),
+            owner=(allowed.key, allowed.identity.subject) if allowed is not None else None,
+            forwarded=forwarded,
         )
         if _is_upgrade(environ):
-            return self._websocket(
-                environ,
-                start_response,
-                req,
-                upstream,
-                info,
-                query,
-                decision,
-                identity,
-                identity_headers,
-                owner,
-            )
-        return self._forward(
-            environ,
-            start_response,
-            req,
-            upstream,
-            info,
-            query,
-            identity,
-            decision,
-            identity_headers,
-            owner,
-        )
+            return self._websocket(call)
+        return self._forward(call)
 
-    def _forward(
-        self,
-        environ: dict[str, Any],
-        start_response: Any,
-        req: Request,
-        upstream: Upstream,
-        info: RequestInfo,
-        query: str,
-        identity: Identity | None,
-        decision: Decision,
-        identity_headers: list[tuple[str, str]],
-        owner: tuple[str, str] | None,
-    ) -> Iterable[bytes]:
+    def _forward(self, call: _Call) -> Iterable[bytes]:
         svc = self.svc
-        headers = self._request_headers(environ, req, upstream, info, identity_headers)
+        environ, start_response, req = call.environ, call.start_response, call.req
+        upstream, info, query, owner = call.upstream, call.info, call.query, call.owner
+        identity, decision = call.identity, call.decision
+        headers = self._request_headers(call)
         body: Iterable[bytes] | bytes | None
         body, length = _request_body(environ)
         if length is not None:
@@ -442,24 +429,15 @@ class ProxyApp:
         return _Relay(resp, svc, audit_fields, self.streams, owner, upstream.name)
 
     # -- WebSockets ------------------------------------------------------------------
-    def _websocket(
-        self,
-        environ: dict[str, Any],
-        start_response: Any,
-        req: Request,
-        upstream: Upstream,
-        info: RequestInfo,
-        query: str,
-        decision: Decision,
-        identity: Identity | None,
-        identity_headers: list[tuple[str, str]],
-        owner: tuple[str, str] | None,
-    ) -> Iterable[bytes]:
+    def _websocket(self, call: _Call) -> Iterable[bytes]:
         """Relay an authorised WebSocket upgrade: the handshake goes upstream on a
         connection of its own; after its ``101`` the bytes are copied both ways
         unchanged (the endpoints do the framing) until either side closes, the
         upstream is silent for ``read_timeout``, or the session ends."""
         svc = self.svc
+        environ, start_response, req = call.environ, call.start_response, call.req
+        upstream, info, query, owner = call.upstream, call.info, call.query, call.owner
+        identity, decision = call.identity, call.decision
         client = environ.get("gunicorn.socket")
         if not self.websockets or client is None:
             return self._page(
@@ -504,7 +482,7 @@ class ProxyApp:
             with self.app.app_context():
                 resp = json_answer(403, {"error": "forbidden", "message": "cross-origin WebSocket"})
             return resp(environ, start_response)
-        headers = self._request_headers(environ, req, upstream, info, identity_headers)
+        headers = self._request_headers(call)
         headers += [("Connection", "Upgrade"), ("Upgrade", "websocket")]
         target = upstream.upstream_path(info.path) + ("?" + query if query else "")
         bridge = upstream.credentials if owner is not None else None
@@ -632,15 +610,9 @@ class ProxyApp:
                 pass  # the handshake itself will report the failure
         return bridge.authorization("GET", target)
 
-    def _request_headers(
-        self,
-        environ: dict[str, Any],
-        req: Request,
-        upstream: Upstream,
-        info: RequestInfo,
-        identity_headers: list[tuple[str, str]],
-    ) -> list[tuple[str, str]]:
+    def _request_headers(self, call: _Call) -> list[tuple[str, str]]:
         svc = self.svc
+        environ, upstream = call.environ, call.upstream
         connection_named = _connection_tokens([environ.get("HTTP_CONNECTION", "")])
         own = svc.identity_header_names
         headers: list[tuple[str, str]] = []
@@ -658,16 +630,16 @@ class ProxyApp:
         if environ.get("CONTENT_TYPE"):
             headers.append(("Content-Type", environ["CONTENT_TYPE"]))
         headers.append(
-            ("Host", req.host if upstream.settings.preserve_host else upstream.host_header)
+            ("Host", call.req.host if upstream.settings.preserve_host else upstream.host_header)
         )
-        chain, proto, host = self._forwarded(environ, req)
-        headers.append(("X-Forwarded-For", ", ".join(chain)))
-        headers.append(("X-Forwarded-Proto", proto))
-        headers.append(("X-Forwarded-Host", host))
-        headers.extend(identity_headers)
+        forwarded = call.forwarded
+        headers.append(("X-Forwarded-For", ", ".join(forwarded.chain)))
+        headers.append(("X-Forwarded-Proto", forwarded.proto))
+        headers.append(("X-Forwarded-Host", forwarded.host))
+        headers.extend(call.identity_headers)
         return headers
 
-    def _forwarded(self, environ: dict[str, Any], req: Request) -> tuple[list[str], str, str]:
+    def _forwarded(self, environ: dict[str, Any], req: Request) -> _Forwarded:
         """(X-Forwarded-For chain, proto, host) to send upstream: what the
         ``proxy.trusted_hops`` proxies in front said (only when the peer is in
         ``network.trusted_proxies``), else this connection's own facts."""
@@ -688,7 +660,7 @@ class ProxyApp:
             if fhost and _HOST.match(fhost):
                 host = fhost
         chain.append(remote)
-        return chain, proto, host
+        return _Forwarded(tuple(chain), proto, host)
 
     def _answer_headers(
         self,

@@ -64,6 +64,15 @@ def _json_answer(
     )
 
 
+def identity_headers(
+    svc: Services, identity: Identity, tier: str | None, session_key: str, now: float
+) -> list[tuple[str, str]]:
+    """The identity headers and the signed assertion for an allowed request
+    (a fresh list: callers may append to it)."""
+    jwt = svc.signer.sign(identity, tier, session_key, now) if svc.signer is not None else None
+    return svc.header_cache.headers(identity, tier, jwt, session_key)
+
+
 def forward_auth_answer(
     svc: Services,
     decision: Decision,
@@ -72,10 +81,7 @@ def forward_auth_answer(
     now: float,
 ) -> Answer:
     if decision.outcome is Outcome.ALLOW and identity is not None and session_key is not None:
-        jwt = None
-        if svc.signer is not None and session_key is not None:
-            jwt = svc.signer.sign(identity, decision.tier, session_key, now)
-        headers = svc.header_cache.headers(identity, decision.tier, jwt, session_key)
+        headers = identity_headers(svc, identity, decision.tier, session_key, now)
         headers.append(("Cache-Control", "no-store"))
         headers.append(("Content-Length", "0"))
         return Answer("202 Accepted", headers, b"", "allow", decision.route)
