@@ -37,7 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run as a script: make tests.* and bench.* importable
 
 from bench.apache_oidc import ApacheOidc, apache_binary  # noqa: E402
-from bench.run import Round, fail, run_wrk, summary, to_round, which  # noqa: E402
+from bench.run import WRK_DONE, Round, fail, run_wrk, summary, to_round, which  # noqa: E402
 from tests.integration.conftest import GatewayProcess, NginxProcess  # noqa: E402
 from tests.oidc.conftest import ACCOUNTS, POLICIES, Browser, OidcSite  # noqa: E402
 from tests.oidc_peer import (  # noqa: E402
@@ -67,16 +67,6 @@ WRK_SCRIPT = """\
 -- written by bench/proxy.py
 wrk.method = "GET"
 {cookie}
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'BENCH_JSON {{"requests": %d, "duration_us": %d, "connect_errors": %d, ' ..
-    '"read_errors": %d, "write_errors": %d, "status_errors": %d, "timeouts": %d, ' ..
-    '"p50_us": %d, "p90_us": %d, "p99_us": %d, "mean_us": %.1f, "max_us": %d}}\\n',
-    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99),
-    latency.mean, latency.max))
-end
 """
 
 
@@ -206,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                     f'wrk.headers["Cookie"] = {json.dumps(cookie_header)}' if cookie_header else ""
                 )
                 script = work / f"{name}.lua"
-                script.write_text(WRK_SCRIPT.format(cookie=line), encoding="utf-8")
+                script.write_text(WRK_SCRIPT.format(cookie=line) + WRK_DONE, encoding="utf-8")
                 data, _raw = run_wrk(
                     wrk,
                     url,

@@ -77,13 +77,16 @@ wrk.headers["X-Original-URL"] = {original_url}
 wrk.headers["X-Original-Method"] = "GET"
 wrk.headers["X-Forwarded-For"] = {client}
 wrk.headers["Accept"] = "*/*"
+"""
 
+# the JSON summary every benchmark's wrk script ends with (parsed by run_wrk)
+WRK_DONE = """\
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
-    'BENCH_JSON {{"requests": %d, "duration_us": %d, "connect_errors": %d, ' ..
+    'BENCH_JSON {"requests": %d, "duration_us": %d, "connect_errors": %d, ' ..
     '"read_errors": %d, "write_errors": %d, "status_errors": %d, "timeouts": %d, ' ..
-    '"p50_us": %d, "p90_us": %d, "p99_us": %d, "mean_us": %.1f, "max_us": %d}}\\n',
+    '"p50_us": %d, "p90_us": %d, "p99_us": %d, "mean_us": %.1f, "max_us": %d}\\n',
     summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
     latency:percentile(50), latency:percentile(90), latency:percentile(99),
     latency.mean, latency.max))
@@ -368,7 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     cookie=json.dumps(cookie),
                     original_url=json.dumps(ORIGINAL_URL),
                     client=json.dumps(CLIENT_ADDRESS),
-                ),
+                )
+                + WRK_DONE,
                 encoding="utf-8",
             )
             targets: dict[str, str] = {"floor": floor, "gateway": gateway}
