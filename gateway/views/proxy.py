@@ -767,8 +767,11 @@ class SessionEnded(Exception):
 
 
 class _TakenOver:
-    """Returned when the connection was taken over (a WebSocket): the worker
-    (gateway.workers.FairGeventWorker) then closes it without writing anything."""
+    """Returned when the connection was taken over (a WebSocket): the server
+    (gateway.http_server, or gateway.workers.FairGeventWorker under gunicorn's
+    own handler) then closes it without writing anything."""
+
+    connection_taken_over = True
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(())

@@ -1,0 +1,505 @@
+"""gateway.http_server against a real TCP client on loopback: the bytes a client
+sends, the bytes it gets back.  Hostile requests (smuggling shapes, oversized
+heads, slow heads, spoofed header spellings) are refused and close the
+connection; good ones are served on keep-alive connections."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from gateway.http_server import ConnectionServer, Limits
+
+App = Callable[[dict[str, Any], Any], Any]
+
+
+def echo(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """The environ facts a test looks at, and the body it read, as JSON."""
+    body = environ["wsgi.input"].read()
+    facts = {
+        k: v
+        for k, v in environ.items()
+        if isinstance(v, str) and (k.isupper() or k.startswith("HTTP_"))
+    }
+    facts["body"] = body.decode("latin-1")
+    data = json.dumps(facts).encode()
+    start_response(
+        "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+    )
+    return [data]
+
+
+class Server:
+    def __init__(self, app: App, keepalive: float = 2.0, limits: Limits | None = None) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.alive = True
+        self.served = 0
+        self.server = ConnectionServer(
+            app,
+            server_name="127.0.0.1",
+            server_port=str(self.port),
+            keepalive=keepalive,
+            alive=lambda: self.alive,
+            counted=self._count,
+            limits=limits,
+        )
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _count(self) -> None:
+        self.served += 1
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, addr = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.server.serve, args=(conn, addr), daemon=True).start()
+
+    def connect(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        return sock
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    s = Server(echo)
+    yield s
+    s.close()
+
+
+def read_response(
+    sock: socket.socket, buf: bytearray | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One response read with a deliberately simple client (Content-Length or
+    chunked); ``buf`` keeps what was read past it."""
+    buf = buf if buf is not None else bytearray()
+    while b"\r\n\r\n" not in buf:
+        data = sock.recv(65536)
+        if not data:
+            raise EOFError(bytes(buf))
+        buf += data
+    head, _, _rest = bytes(buf).partition(b"\r\n\r\n")
+    del buf[: len(head) + 4]
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if "content-length" in headers:
+        n = int(headers["content-length"])
+        while len(buf) < n:
+            data = sock.recv(65536)
+            if not data:
+                raise EOFError
+            buf += data
+        body = bytes(buf[:n])
+        del buf[:n]
+        return status, headers, body
+    if headers.get("transfer-encoding") == "chunked":
+        out = b""
+
+        def more() -> None:
+            data = sock.recv(65536)
+            if not data:
+                raise EOFError(bytes(buf))
+            buf.extend(data)
+
+        while True:
+            while b"\r\n" not in buf:
+                more()
+            size_line, _, _ = bytes(buf).partition(b"\r\n")
+            del buf[: len(size_line) + 2]
+            size = int(size_line, 16)
+            while len(buf) < size + 2:
+                more()
+            out += bytes(buf[:size])
+            del buf[: size + 2]
+            if size == 0:
+                return status, headers, out
+    body = bytes(buf)
+    while data := sock.recv(65536):
+        body += data
+    return status, headers, body
+
+
+def closed(sock: socket.socket) -> bool:
+    sock.settimeout(3)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def exchange(server: Server, raw: bytes) -> tuple[int, dict[str, str], bytes, socket.socket]:
+    sock = server.connect()
+    sock.sendall(raw)
+    status, headers, body = read_response(sock)
+    return status, headers, body, sock
+
+
+# -- good requests -----------------------------------------------------------------
+
+
+def test_keep_alive_serves_several_requests_on_one_connection(server: Server) -> None:
+    sock = server.connect()
+    for path in ("/a", "/b?x=1"):
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: gw.example\r\n\r\n".encode())
+        status, headers, body = read_response(sock)
+        assert status == 200
+        assert "connection" not in headers
+        facts = json.loads(body)
+        assert facts["RAW_URI"] == path
+        assert facts["HTTP_HOST"] == "gw.example"
+        assert facts["SERVER_PROTOCOL"] == "HTTP/1.1"
+        assert facts["REMOTE_ADDR"] == "127.0.0.1"
+    assert server.served == 2
+
+
+def test_pipelined_requests_are_answered_in_order(server: Server) -> None:
+    sock = server.connect()
+    sock.sendall(
+        b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n"
+        b"POST /two HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"
+        b"GET /three HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    )
+    buf = bytearray()
+    answers = [json.loads(read_response(sock, buf)[2]) for _ in range(3)]
+    assert [a["PATH_INFO"] for a in answers] == ["/one", "/two", "/three"]
+    assert answers[1]["body"] == "abc"
+    assert closed(sock)
+
+
+def test_path_is_percent_decoded_raw_uri_is_not(server: Server) -> None:
+    status, _, body, _ = exchange(server, b"GET /%61dmin/x%2Fy?q=%20 HTTP/1.1\r\nHost: a\r\n\r\n")
+    facts = json.loads(body)
+    assert status == 200
+    assert facts["PATH_INFO"] == "/admin/x/y"
+    assert facts["RAW_URI"] == "/%61dmin/x%2Fy?q=%20"
+    assert facts["QUERY_STRING"] == "q=%20"
+
+
+def test_absolute_form_target_gives_its_path(server: Server) -> None:
+    _, _, body, _ = exchange(server, b"GET http://other.example/x?y HTTP/1.1\r\nHost: a\r\n\r\n")
+    facts = json.loads(body)
+    assert facts["PATH_INFO"] == "/x"
+    assert facts["QUERY_STRING"] == "y"
+    assert facts["RAW_URI"] == "http://other.example/x?y"
+    assert facts["HTTP_HOST"] == "a"
+
+
+def test_chunked_request_body_reaches_the_app_dechunked(server: Server) -> None:
+    raw = (
+        b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\n\r\n"
+    )
+    _, _, body, _ = exchange(server, raw)
+    assert json.loads(body)["body"] == "abcde"
+
+
+def test_repeated_headers_are_joined_content_headers_have_no_prefix(server: Server) -> None:
+    raw = (
+        b"POST / HTTP/1.1\r\nHost: a\r\nAccept: a/b\r\nAccept: c/d\r\n"
+        b"Content-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi"
+    )
+    facts = json.loads(exchange(server, raw)[2])
+    assert facts["HTTP_ACCEPT"] == "a/b,c/d"
+    assert facts["CONTENT_TYPE"] == "text/plain"
+    assert facts["CONTENT_LENGTH"] == "2"
+    assert "HTTP_CONTENT_TYPE" not in facts
+
+
+def test_header_names_with_underscores_are_dropped(server: Server) -> None:
+    raw = b"GET / HTTP/1.1\r\nHost: a\r\nX_Auth_User: mallory\r\nX-Auth-Tier: real\r\n\r\n"
+    facts = json.loads(exchange(server, raw)[2])
+    assert "HTTP_X_AUTH_USER" not in facts
+    assert facts["HTTP_X_AUTH_TIER"] == "real"
+
+
+def test_http_1_0_closes_unless_keep_alive_is_asked(server: Server) -> None:
+    status, headers, _, sock = exchange(server, b"GET / HTTP/1.0\r\n\r\n")
+    assert status == 200 and headers["connection"] == "close"
+    assert closed(sock)
+    status, headers, _, sock = exchange(server, b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    assert headers["connection"] == "keep-alive"
+    sock.sendall(b"GET /again HTTP/1.0\r\n\r\n")
+    assert json.loads(read_response(sock)[2])["PATH_INFO"] == "/again"
+
+
+def test_expect_100_continue_is_answered_before_the_body_is_read(server: Server) -> None:
+    sock = server.connect()
+    sock.sendall(b"PUT /f HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+    interim = sock.recv(100)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    sock.sendall(b"data")
+    assert json.loads(read_response(sock)[2])["body"] == "data"
+
+
+def test_unknown_expectation_is_refused(server: Server) -> None:
+    status, headers, _, _sock = exchange(
+        server, b"PUT /f HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nExpect: magic\r\n\r\n"
+    )
+    assert status == 417 and headers["connection"] == "close"
+
+
+def test_streamed_answer_without_length_is_chunked() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"first "
+        yield b""
+        yield b"second"
+
+    s = Server(app)
+    try:
+        _, headers, body, _ = exchange(s, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert headers["transfer-encoding"] == "chunked"
+        assert body == b"first second"
+        _status, headers, body, _sock = exchange(s, b"GET / HTTP/1.0\r\n\r\n")
+        assert "transfer-encoding" not in headers and headers["connection"] == "close"
+        assert body == b"first second"
+    finally:
+        s.close()
+
+
+def test_head_answer_has_no_body_but_keeps_its_length(server: Server) -> None:
+    sock = server.connect()
+    sock.sendall(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+    buf = bytearray()
+    while b"\r\n\r\n" not in buf:
+        buf += sock.recv(65536)
+    head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+    assert b"Content-Length: " in head
+    assert int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]) > 0
+    # the next bytes are the next answer, not a body
+    status, _, body = read_response(sock, bytearray(rest))
+    assert status == 200 and json.loads(body)["PATH_INFO"] == "/next"
+
+
+def test_app_framing_headers_are_replaced() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response(
+            "200 OK",
+            [("Transfer-Encoding", "chunked"), ("Connection", "keep-alive"), ("X-Ok", "1")],
+        )
+        return [b"plain"]
+
+    s = Server(app)
+    try:
+        _status, headers, body, _ = exchange(s, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert body == b"plain" and headers["content-length"] == "5"
+        assert "transfer-encoding" not in headers and headers["x-ok"] == "1"
+    finally:
+        s.close()
+
+
+def test_unread_request_body_ends_the_connection() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("413 Content Too Large", [("Content-Length", "0")])
+        return [b""]
+
+    s = Server(app)
+    try:
+        status, _, _, sock = exchange(
+            s, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 1000
+        )
+        assert status == 413
+        assert closed(sock)
+    finally:
+        s.close()
+
+
+# -- hostile requests ----------------------------------------------------------------
+
+SMUGGLING = [
+    pytest.param(
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0\r\n\r\n",
+        400,
+        id="content-length-and-chunked",
+    ),
+    pytest.param(
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        400,
+        id="two-content-lengths",
+    ),
+    pytest.param(b"GET / HTTP/1.1\nHost: a\n\n", 400, id="bare-lf"),
+    pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", 400, id="obs-fold"),
+    pytest.param(b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400, id="space-before-colon"),
+    pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n", 400, id="nul-in-value"),
+    pytest.param(
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        501,
+        id="other-transfer-coding",
+    ),
+    pytest.param(
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        400,
+        id="bad-chunk",
+    ),
+    pytest.param(b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", (400, 505), id="http-2-request-line"),
+    pytest.param(b"GET /\r\n\r\n", 400, id="http-0.9"),
+    pytest.param(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 405, id="connect"),
+    pytest.param(b"FROB / HTTP/1.1\r\nHost: a\r\n\r\n", 501, id="unknown-method"),
+    pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, id="two-hosts"),
+    pytest.param(b"GET / HTTP/1.1\r\n\r\n", 400, id="no-host"),
+    pytest.param(b"GET a/b HTTP/1.1\r\nHost: a\r\n\r\n", 400, id="relative-target"),
+    pytest.param(b"GET ftp://x/ HTTP/1.1\r\nHost: a\r\n\r\n", 400, id="other-scheme"),
+    pytest.param(b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n", 400, id="space-in-target"),
+]
+
+
+@pytest.mark.parametrize(("raw", "status"), SMUGGLING)
+def test_malformed_requests_are_refused_and_the_connection_closed(
+    server: Server, raw: bytes, status: int | tuple[int, ...]
+) -> None:
+    sock = server.connect()
+    sock.sendall(raw + b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n")
+    try:
+        got, headers, _ = read_response(sock)
+    except EOFError:
+        got, headers = 0, {}  # llhttp stopped at the request line: no answer, only a close
+    if got:
+        assert got in (status if isinstance(status, tuple) else (status,))
+        assert headers["connection"] == "close"
+    else:
+        assert status == 400
+    assert closed(sock)
+    assert server.served == 0  # nothing, and nothing smuggled behind it, reached the app
+
+
+def test_limits_on_target_header_count_and_head_size() -> None:
+    s = Server(echo, limits=Limits(url=100, fields=5, field=200, head=1000))
+    try:
+        assert exchange(s, b"GET /" + b"a" * 200 + b" HTTP/1.1\r\nHost: a\r\n\r\n")[0] == 414
+        many = b"".join(b"X-%d: v\r\n" % i for i in range(6))
+        assert exchange(s, b"GET / HTTP/1.1\r\nHost: a\r\n" + many + b"\r\n")[0] == 431
+        assert exchange(s, b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"v" * 300 + b"\r\n\r\n")[0] == 431
+        sock = s.connect()
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nX: ")
+        for _ in range(12):  # one endless header value, sent in pieces
+            try:
+                sock.sendall(b"v" * 100)
+            except OSError:
+                break  # refused already
+            time.sleep(0.01)
+        assert read_response(sock)[0] == 431
+        assert s.served == 0
+    finally:
+        s.close()
+
+
+def test_a_slow_head_is_cut_off() -> None:
+    s = Server(echo, keepalive=0.5)
+    try:
+        sock = s.connect()
+        sock.sendall(b"GET / HTTP/1.1\r\n")
+        started = time.monotonic()
+        for _ in range(10):
+            time.sleep(0.1)
+            try:
+                sock.sendall(b"X: y\r\n")
+            except OSError:
+                break
+        status, headers, _ = read_response(sock)
+        assert status == 408 and headers["connection"] == "close"
+        assert time.monotonic() - started < 2
+    finally:
+        s.close()
+
+
+def test_an_idle_keep_alive_connection_is_closed_quietly() -> None:
+    s = Server(echo, keepalive=0.3)
+    try:
+        sock = s.connect()
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        read_response(sock)
+        assert sock.recv(100) == b""  # closed without a 408 for a request never begun
+    finally:
+        s.close()
+
+
+def test_data_sent_before_an_upgrade_is_answered_is_refused(server: Server) -> None:
+    raw = (
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        b"\x81\x85early"
+    )
+    status, _headers, _, sock = exchange(server, raw)
+    assert status == 400 and closed(sock)
+    assert server.served == 0
+
+
+def test_an_upgrade_the_app_does_not_take_over_ends_the_connection(server: Server) -> None:
+    raw = b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    status, _, _, sock = exchange(server, raw)
+    assert status == 200
+    assert closed(sock)
+
+
+def test_app_errors_fail_closed() -> None:
+    def before(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        raise RuntimeError("boom")
+
+    def after(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        yield b"partial"
+        raise RuntimeError("boom")
+
+    def injected(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("X-A", "b\r\nSet-Cookie: evil=1")])
+        return [b""]
+
+    for app, expect in ((before, 500), (injected, 500)):
+        s = Server(app)
+        try:
+            status, headers, _body, sock = exchange(s, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert status == expect and "set-cookie" not in headers
+            assert closed(sock)
+        finally:
+            s.close()
+    s = Server(after)
+    try:
+        sock = s.connect()
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        with pytest.raises((EOFError, ValueError)):
+            read_response(sock)  # chunked body never terminated: the client sees a cut
+    finally:
+        s.close()
+
+
+def test_a_short_body_from_the_app_closes_the_connection() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Length", "10")])
+        yield b"12345"
+
+    s = Server(app)
+    try:
+        sock = s.connect()
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(1000):
+            data += chunk
+        assert data.endswith(b"12345")  # and then the close: never a next response in its place
+    finally:
+        s.close()
+
+
+def test_worker_shutdown_closes_after_the_current_request(server: Server) -> None:
+    sock = server.connect()
+    server.alive = False
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    _, headers, _ = read_response(sock)
+    assert headers["connection"] == "close"
+    assert closed(sock)
