@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024  # measured: 64 KiB moved ~1.0 GB/s on loopback, 256 KiB ~1.45 GB/s
 # request bodies up to this size are held so that a Digest challenge can be
-# answered by sending them again; larger ones stream (see device_auth)
+# answered by sending them again; larger ones stream once, after a bodiless probe
+# has made sure of the challenge (see device_auth, ProxyApp._learn_challenge)
 REPLAY_LIMIT = 1024 * 1024
 # how much of a refused WebSocket handshake's answer is passed back
 _REFUSAL_LIMIT = 1024 * 1024
@@ -355,7 +356,12 @@ class ProxyApp:
             if bridge.scheme == "digest" and length is not None and length <= REPLAY_LIMIT:
                 body = b"".join(body) if body is not None else None  # small: may be resent
         replayable = body is None or isinstance(body, bytes)
+        probed = False
         try:
+            if bridge is not None and bridge.scheme == "digest" and not replayable:
+                # a body that cannot be sent twice goes with a challenge known to be
+                # good: a bodiless probe first learns a fresh one if needed
+                probed = self._learn_challenge(upstream, bridge, url)
             for attempt in (1, 2):
                 sent = headers
                 if bridge is not None:
@@ -372,8 +378,10 @@ class ProxyApp:
                 resp.release()
                 if attempt == 1 and retry and replayable:
                     continue
-                # a new challenge for a streamed body: the next try carries it
-                unsent = attempt == 1 and retry
+                # a streamed body went with the challenge its probe confirmed: a 401
+                # now is a refusal; without a probe's answer the new challenge is
+                # remembered and the next try carries it
+                unsent = attempt == 1 and retry and not probed
                 svc.audit.emit(
                     "device_login_failed",
                     **audit_fields,
@@ -566,12 +574,12 @@ class ProxyApp:
             self._learn_challenge(upstream, bridge, target)
         return bridge.authorization("GET", target)
 
-    def _learn_challenge(self, upstream: Upstream, bridge: DeviceCredentials, target: str) -> None:
+    def _learn_challenge(self, upstream: Upstream, bridge: DeviceCredentials, target: str) -> bool:
         """Ask a Digest device for a fresh challenge before a request that cannot
         be sent twice: a bodiless ``GET`` of the same address, with the current
         challenge's answer when there is one.  A ``401`` teaches the new
-        challenge; any other answer means the current one is good.  Failures are
-        left to the request itself to report."""
+        challenge; any other answer means the current one is good.  False when
+        the device did not answer (the request itself then reports why)."""
         headers = [("Host", upstream.host_header)]
         authorization = bridge.authorization("GET", target)
         if authorization is not None:
@@ -579,13 +587,14 @@ class ProxyApp:
         try:
             probe = upstream.pool.request("GET", target, headers)
         except (OSError, InvalidRequest):
-            return
+            return False
         if probe.status == 401:
             bridge.learn(probe.getlist("WWW-Authenticate"))
             probe.drain()
             probe.release()
         else:
             probe.close()  # its body is of no interest (and may be long)
+        return True
 
     def _request_headers(self, call: _Call) -> list[tuple[str, str]]:
         svc = self.svc
