@@ -108,6 +108,10 @@ class InvalidRequest(ValueError):
     a character outside latin-1, a method or target that is not one)."""
 
 
+class _Stop(Exception):
+    """Raised in a parser callback to stop parsing (bytes after the answer)."""
+
+
 def _wrap(exc: OSError, doing: str) -> UpstreamError:
     if isinstance(exc, UpstreamError):
         return exc
@@ -232,9 +236,10 @@ class _Message:
 
     # httptools calls these (names fixed by httptools.parser.protocol.HTTPProtocol)
     def on_message_begin(self) -> None:
-        if self.complete:
+        if self.complete:  # more after the answer: stop parsing, never reuse
             self.junk = True
-        self.headers = []
+            raise _Stop
+        self.headers = []  # the final answer's, not an interim one's
         self.count = 0
 
     def on_status(self, status: bytes) -> None:

@@ -315,6 +315,7 @@ def test_204_and_304_have_no_body(serve: Callable[..., Peer], answer: bytes) -> 
         (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", False),
         (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok", True),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA", False),  # junk after it
+        (OK + b"HTTP/1.1 200 OK\r\nX-Unasked: 1\r\n\r\n", False),  # an answer unasked
     ],
 )
 def test_keep_alive_only_when_the_upstream_allows_it(
@@ -322,6 +323,7 @@ def test_keep_alive_only_when_the_upstream_allows_it(
 ) -> None:
     pool = serve(keep_answering(answer)).pool()
     resp = pool.request("GET", "/", GET)
+    assert resp.status == 200 and resp.getlist("Content-Length") == ["2"]
     assert body(resp.read1) == b"ok"
     resp.release()
     assert pool.idle == (1 if reused else 0)
