@@ -14,7 +14,9 @@ does itself is the bookkeeping around them:
 * answers: interim ``1xx`` answers (other than ``101``) are skipped; answers to
   ``HEAD`` and ``1xx``/``204``/``304`` have no body; the body is passed on
   de-chunked, in pieces as they arrive (:meth:`UpstreamResponse.read1`);
-* limits: at most 100 header fields and a 64 KiB head;
+* limits: at most 100 header fields and a 64 KiB head (the same for the trailer
+  section of a chunked body, whose fields are dropped: the proxy never passes
+  trailers on);
 * keep-alive: a connection goes back to the pool only when its answer was read
   to the end and the upstream allows it (HTTP/1.1 without ``Connection:
   close``, or 1.0 with ``keep-alive``; never after ``HEAD``, whose answer llhttp
@@ -253,7 +255,8 @@ class _Message:
             raise UpstreamProtocolError(f"the answer has more than {MAX_HEADERS} header fields")
         if self.size > MAX_HEAD:
             raise UpstreamProtocolError("the answer's head is larger than 64 KiB")
-        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        if not self.headers_done:  # after it: a chunked body's trailer fields, dropped
+            self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -266,6 +269,7 @@ class _Message:
         self.version = parser.get_http_version()
         self.headers_done = True
         self.parser = None
+        self.count = self.size = 0  # trailer fields have limits of their own
         if self.head_request:
             self.complete = True  # llhttp cannot be told; never reused (see close)
         else:

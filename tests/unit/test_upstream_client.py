@@ -224,6 +224,20 @@ def test_chunked_body_is_dechunked_and_passed_on_as_it_arrives(
     assert pool.idle == 1
 
 
+def test_trailer_fields_are_dropped(serve: Callable[..., Peer]) -> None:
+    peer = serve(
+        keep_answering(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n"
+            b"3\r\nabc\r\n0\r\nX-Sum: 42\r\n\r\n"
+        )
+    )
+    pool = peer.pool()
+    with pool.request("GET", "/", GET) as resp:
+        assert body(resp.read1) == b"abc"
+        assert resp.headers == [("Transfer-Encoding", "chunked"), ("Trailer", "X-Sum")]
+    assert pool.idle == 1
+
+
 def test_read1_returns_at_most_n_bytes(serve: Callable[..., Peer]) -> None:
     peer = serve(answer_each(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789"))
     resp = peer.pool().request("GET", "/", GET)
