@@ -1,5 +1,6 @@
 """The upstreams of reverse-proxy mode: which one a request goes to, the path it
-receives there, and a urllib3 connection pool per upstream.
+receives there, and a keep-alive connection pool per upstream
+(:class:`gateway.upstream_client.UpstreamPool`).
 
 Selection: the upstream whose host globs match the request's host (lower-case,
 port and one trailing dot dropped) and whose path prefix is the longest one
@@ -11,19 +12,17 @@ upstream: there is no default.
 from __future__ import annotations
 
 import re
-import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import urllib3
-
 from gateway.core.paths import encode_path
 from gateway.core.policy import compile_host_globs, normalise_host
 from gateway.device_auth import DeviceCredentials
 from gateway.settings_proxy import ProxySettings, UpstreamSettings
+from gateway.upstream_client import UpstreamPool
 
 __all__ = ["Upstream", "UpstreamTable"]
 
@@ -41,24 +40,9 @@ class Upstream:
     host_header: str  # what the upstream expects in Host (host[:port])
     origins: tuple[str, ...]  # lower-case scheme://host[:port] spellings of the upstream
     base: str  # the URL's path, without a trailing slash
-    pool: urllib3.HTTPConnectionPool
-    timeout: urllib3.Timeout
+    pool: UpstreamPool  # also opens the WebSockets' connections of their own
     address: tuple[str, int]
-    tls: ssl.SSLContext | None  # for connections outside the pool (WebSockets)
     credentials: DeviceCredentials | None  # the credential bridge, when configured
-
-    def connect(self) -> socket.socket:
-        """A new connection of its own (TLS verified as for the pool), for a
-        WebSocket: ``read_timeout`` is then the longest silence allowed."""
-        sock = socket.create_connection(self.address, timeout=self.settings.connect_timeout)
-        try:
-            if self.tls is not None:
-                sock = self.tls.wrap_socket(sock, server_hostname=self.address[0])
-            sock.settimeout(self.settings.read_timeout)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
 
     def covers(self, path: str) -> bool:
         return not self.prefix or path == self.prefix or path.startswith(self.prefix + "/")
@@ -103,8 +87,8 @@ class Upstream:
 
 
 class UpstreamTable:
-    """Every configured upstream, with its connection pool (built lazily by
-    urllib3: no connection is opened before the first request)."""
+    """Every configured upstream, with its connection pool (no connection is
+    opened before the first request)."""
 
     def __init__(
         self, cfg: ProxySettings, resolve_path: Callable[[Path], Path] = lambda p: p
@@ -135,10 +119,9 @@ def _build(cfg: UpstreamSettings, resolve_path: Callable[[Path], Path]) -> Upstr
     literal = f"[{host}]" if ":" in host else host
     host_header = literal if port == _DEFAULT_PORTS[scheme] else f"{literal}:{port}"
     origins = {f"{scheme}://{literal}:{port}".lower(), f"{scheme}://{host_header}".lower()}
-    timeout = urllib3.Timeout(connect=cfg.connect_timeout, read=cfg.read_timeout)
-    pool: urllib3.HTTPConnectionPool
     tls = None
     if scheme == "https":
+        # verified: CERT_REQUIRED and the host name (or IP address) checked
         tls = ssl.create_default_context(
             cafile=str(resolve_path(cfg.ca_bundle)) if cfg.ca_bundle else None
         )
@@ -147,22 +130,14 @@ def _build(cfg: UpstreamSettings, resolve_path: Callable[[Path], Path]) -> Upstr
                 str(resolve_path(cfg.client_cert)),
                 str(resolve_path(cfg.client_key)) if cfg.client_key else None,
             )
-        pool = urllib3.HTTPSConnectionPool(
-            host,
-            port,
-            maxsize=cfg.pool_size,
-            block=False,
-            timeout=timeout,
-            retries=False,
-            cert_reqs="CERT_REQUIRED",
-            ca_certs=str(resolve_path(cfg.ca_bundle)) if cfg.ca_bundle else None,
-            cert_file=str(resolve_path(cfg.client_cert)) if cfg.client_cert else None,
-            key_file=str(resolve_path(cfg.client_key)) if cfg.client_key else None,
-        )
-    else:
-        pool = urllib3.HTTPConnectionPool(
-            host, port, maxsize=cfg.pool_size, block=False, timeout=timeout, retries=False
-        )
+    pool = UpstreamPool(
+        (host, port),
+        tls=tls,
+        server_hostname=host,
+        connect_timeout=cfg.connect_timeout,
+        read_timeout=cfg.read_timeout,
+        maxsize=cfg.pool_size,
+    )
     prefix = cfg.match.path_prefix.rstrip("/")
     base = (parts.path or "").rstrip("/")
     return Upstream(
@@ -176,8 +151,6 @@ def _build(cfg: UpstreamSettings, resolve_path: Callable[[Path], Path]) -> Upstr
         origins=tuple(sorted(origins)),
         base=base,
         pool=pool,
-        timeout=timeout,
         address=(host, port),
-        tls=tls,
         credentials=DeviceCredentials(cfg.device_login) if cfg.device_login else None,
     )

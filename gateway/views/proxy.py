@@ -21,7 +21,6 @@ allowed, streamed to the upstream its host and path select.
 from __future__ import annotations
 
 import http
-import http.client
 import logging
 import re
 import socket
@@ -31,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import urllib3
 from flask import Flask
 from werkzeug.wrappers import Request
 
@@ -41,6 +39,7 @@ from gateway.core.paths import normalise_path
 from gateway.device_auth import DeviceCredentials
 from gateway.services import Services
 from gateway.streams import StreamHandle, StreamRegistry
+from gateway.upstream_client import InvalidRequest, UpstreamError, UpstreamResponse
 from gateway.upstreams import Upstream, UpstreamTable
 from gateway.views.common import client_ip, public_scheme, wants_json
 from gateway.views.judge import judge
@@ -50,8 +49,11 @@ log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024  # measured: 64 KiB moved ~1.0 GB/s on loopback, 256 KiB ~1.45 GB/s
 # request bodies up to this size are held so that a Digest challenge can be
-# answered by sending them again; larger ones stream (see device_auth)
+# answered by sending them again; larger ones stream once, after a bodiless probe
+# has made sure of the challenge (see device_auth, ProxyApp._learn_challenge)
 REPLAY_LIMIT = 1024 * 1024
+# how much of a refused WebSocket handshake's answer is passed back
+_REFUSAL_LIMIT = 1024 * 1024
 SSO_PREFIX = "/.sso/"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -353,36 +355,33 @@ class ProxyApp:
         if bridge is not None:
             if bridge.scheme == "digest" and length is not None and length <= REPLAY_LIMIT:
                 body = b"".join(body) if body is not None else None  # small: may be resent
+        replayable = body is None or isinstance(body, bytes)
+        probed = False
         try:
+            if bridge is not None and bridge.scheme == "digest" and not replayable:
+                # a body that cannot be sent twice goes with a challenge known to be
+                # good: a bodiless probe first learns a fresh one if needed
+                probed = self._learn_challenge(upstream, bridge, url)
             for attempt in (1, 2):
-                sent = list(headers)
+                sent = headers
                 if bridge is not None:
                     authorization = bridge.authorization(info.method, url)
                     if authorization is not None:
-                        sent.append(("Authorization", authorization))
-                resp = upstream.pool.urlopen(
-                    info.method,
-                    url,
-                    body=body,
-                    headers=urllib3.HTTPHeaderDict(sent),
-                    redirect=False,
-                    retries=False,
-                    preload_content=False,
-                    decode_content=False,
-                    assert_same_host=False,
-                    chunked=body is not None and length is None,
-                    timeout=upstream.timeout,
+                        sent = [*headers, ("Authorization", authorization)]
+                resp = upstream.pool.request(
+                    info.method, url, sent, body, chunked=body is not None and length is None
                 )
                 if bridge is None or resp.status != 401:
                     break
-                retry = bridge.learn(resp.headers.getlist("WWW-Authenticate"))
-                resp.drain_conn()
-                resp.release_conn()
-                replayable = body is None or isinstance(body, bytes)
+                retry = bridge.learn(resp.getlist("WWW-Authenticate"))
+                resp.drain()
+                resp.release()
                 if attempt == 1 and retry and replayable:
                     continue
-                # a new challenge for a streamed body: the next try carries it
-                unsent = attempt == 1 and retry
+                # a streamed body went with the challenge its probe confirmed: a 401
+                # now is a refusal; without a probe's answer the new challenge is
+                # remembered and the next try carries it
+                unsent = attempt == 1 and retry and not probed
                 svc.audit.emit(
                     "device_login_failed",
                     **audit_fields,
@@ -399,17 +398,15 @@ class ProxyApp:
                     f"The {upstream.name} device did not accept the gateway's credentials."
                     + (" Try again." if unsent else ""),
                 )
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            # NewConnectionError (refused, unreachable) subclasses ConnectTimeoutError
-            timeout = isinstance(exc, urllib3.exceptions.TimeoutError) and not isinstance(
-                exc, urllib3.exceptions.NewConnectionError
-            )
+        except (OSError, InvalidRequest) as exc:
+            # UpstreamError says what failed; other OSErrors are the client's body
+            timeout = isinstance(exc, TimeoutError)
             status = 504 if timeout else 502
             svc.audit.emit(
                 "upstream_error",
                 **audit_fields,
                 status=status,
-                reason="timeout" if timeout else _failure_kind(exc),
+                reason=_failure_kind(exc),
                 detail=str(exc)[:300],
             )
             if state_changing:
@@ -424,7 +421,7 @@ class ProxyApp:
         if state_changing:
             svc.audit.emit("proxy_action", **audit_fields, status=resp.status)
         public_origin = f"{info.scheme}://{req.host}"
-        out = self._answer_headers(list(resp.headers.iteritems()), upstream, public_origin)
+        out = self._answer_headers(resp.headers, upstream, public_origin)
         start_response(f"{resp.status} {_reason(resp.status)}", out)
         return _Relay(resp, svc, audit_fields, self.streams, owner, upstream.name)
 
@@ -492,18 +489,18 @@ class ProxyApp:
             authorization = self._device_authorization(upstream, bridge, target)
             if authorization is not None:
                 headers.append(("Authorization", authorization))
-        head = f"GET {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
         try:
-            sock = upstream.connect()
-        except OSError as exc:
-            timeout = isinstance(exc, TimeoutError | socket.timeout)
+            answer = upstream.pool.upgrade(target, headers)
+        except (OSError, InvalidRequest) as exc:
+            timeout = isinstance(exc, TimeoutError)
             status = 504 if timeout else 502
+            kind = _failure_kind(exc)
             svc.audit.emit(
                 "upstream_error",
                 **fields,
                 method="GET",
                 status=status,
-                reason="timeout" if timeout else _failure_kind(exc),
+                reason=kind,
                 detail=str(exc)[:300],
             )
             return self._page(
@@ -511,42 +508,26 @@ class ProxyApp:
                 start_response,
                 status,
                 "Upstream unavailable",
-                f"The {upstream.name} service could not be reached.",
-            )
-        try:
-            sock.sendall((head + "\r\n").encode("latin-1"))
-            answer = http.client.HTTPResponse(sock, method="GET")
-            answer.begin()
-        except (OSError, http.client.HTTPException, UnicodeEncodeError) as exc:
-            sock.close()
-            timeout = isinstance(exc, TimeoutError | socket.timeout)
-            status = 504 if timeout else 502
-            svc.audit.emit(
-                "upstream_error",
-                **fields,
-                method="GET",
-                status=status,
-                reason="timeout" if timeout else "protocol",
-                detail=str(exc)[:300],
-            )
-            return self._page(
-                environ,
-                start_response,
-                status,
-                "Upstream unavailable",
-                f"The {upstream.name} service did not answer the WebSocket request.",
+                f"The {upstream.name} service could not be reached."
+                if kind == "connect"
+                else f"The {upstream.name} service did not answer the WebSocket request.",
             )
         public_origin = f"{info.scheme}://{req.host}"
-        out = self._answer_headers(answer.getheaders(), upstream, public_origin, keep_upgrade=True)
+        out = self._answer_headers(answer.headers, upstream, public_origin, keep_upgrade=True)
         if answer.status != 101:
             # the upstream said no (e.g. 401 from the device, 404): pass its answer on
+            # (its first MiB)
+            pieces: list[bytes] = []
+            size = 0
             try:
-                body = answer.read(1024 * 1024)
-            except (OSError, http.client.HTTPException):
-                body = b""
+                while size < _REFUSAL_LIMIT and (data := answer.read1(_REFUSAL_LIMIT - size)):
+                    pieces.append(data)
+                    size += len(data)
+            except OSError:
+                pieces = []
             finally:
                 answer.close()
-                sock.close()
+            body = b"".join(pieces)
             out = [
                 (k, v)
                 for k, v in out
@@ -555,8 +536,8 @@ class ProxyApp:
             out.append(("Content-Length", str(len(body))))
             start_response(f"{answer.status} {_reason(answer.status)}", out)
             return [body]
-        reader = answer.fp  # buffered: may already hold the upstream's first frames
-        answer.fp = None  # type: ignore[assignment]  # keep http.client from closing it
+        # the upstream's first frames may have arrived with its head
+        sock, early = answer.detach()
         status_line = "HTTP/1.1 101 Switching Protocols\r\n"
         client_head = status_line + "".join(f"{k}: {v}\r\n" for k, v in out) + "\r\n"
         svc.audit.emit("websocket_opened", **fields)
@@ -572,15 +553,14 @@ class ProxyApp:
         if owner is not None:
             handle = self.streams.open(owner[0], owner[1], "websocket", upstream.name, cut)
         try:
-            client.sendall(client_head.encode("latin-1"))
-            _relay_both_ways(client, sock, reader)
+            client.sendall(client_head.encode("latin-1") + early)
+            _relay_both_ways(client, sock)
         except OSError:
             pass
         finally:
             if handle is not None:
                 self.streams.done(handle)
             cut()
-            reader.close()
             sock.close()
         return TAKEN_OVER
 
@@ -589,26 +569,32 @@ class ProxyApp:
     ) -> str | None:
         """The Authorization for a WebSocket handshake (which cannot be sent
         twice): a Digest upstream not heard from yet is asked for its challenge
-        first with a plain GET of the same address."""
+        first."""
         if bridge.scheme == "digest" and not bridge.has_challenge:
-            try:
-                probe = upstream.pool.urlopen(
-                    "GET",
-                    target,
-                    headers={"Host": upstream.host_header},
-                    redirect=False,
-                    retries=False,
-                    preload_content=False,
-                    timeout=upstream.timeout,
-                    assert_same_host=False,
-                )
-                if probe.status == 401:
-                    bridge.learn(probe.headers.getlist("WWW-Authenticate"))
-                probe.drain_conn()
-                probe.release_conn()
-            except (urllib3.exceptions.HTTPError, OSError):
-                pass  # the handshake itself will report the failure
+            self._learn_challenge(upstream, bridge, target)
         return bridge.authorization("GET", target)
+
+    def _learn_challenge(self, upstream: Upstream, bridge: DeviceCredentials, target: str) -> bool:
+        """Ask a Digest device for a fresh challenge before a request that cannot
+        be sent twice: a bodiless ``GET`` of the same address, with the current
+        challenge's answer when there is one.  A ``401`` teaches the new
+        challenge; any other answer means the current one is good.  False when
+        the device did not answer (the request itself then reports why)."""
+        headers = [("Host", upstream.host_header)]
+        authorization = bridge.authorization("GET", target)
+        if authorization is not None:
+            headers.append(("Authorization", authorization))
+        try:
+            probe = upstream.pool.request("GET", target, headers)
+        except (OSError, InvalidRequest):
+            return False
+        if probe.status == 401:
+            bridge.learn(probe.getlist("WWW-Authenticate"))
+            probe.drain()
+            probe.release()
+        else:
+            probe.close()  # its body is of no interest (and may be long)
+        return True
 
     def _request_headers(self, call: _Call) -> list[tuple[str, str]]:
         svc = self.svc
@@ -707,13 +693,14 @@ class ProxyApp:
 
 class _Relay:
     """The upstream's body, passed on as it arrives (``read1``: whatever is there,
-    up to CHUNK bytes), and the upstream response closed when the client is done
-    or gone.  While it runs it is registered under its session, so that ending
-    the session cuts it (live camera streams, Server-Sent Events)."""
+    up to CHUNK bytes), and the upstream response released when the client is
+    done (its connection back to the pool when the body was read whole) or gone.
+    While it runs it is registered under its session, so that ending the session
+    cuts it (live camera streams, Server-Sent Events)."""
 
     def __init__(
         self,
-        resp: Any,
+        resp: UpstreamResponse,
         svc: Services,
         audit_fields: dict[str, Any],
         streams: StreamRegistry,
@@ -729,16 +716,13 @@ class _Relay:
             self.handle = streams.open(owner[0], owner[1], "stream", upstream, self._cut)
 
     def _cut(self) -> None:
-        try:
-            self.resp.shutdown()  # wakes a read1 blocked in another greenlet
-        except (ValueError, RuntimeError, OSError):
-            pass
+        self.resp.shutdown()  # wakes a read1 blocked in another greenlet
 
     def __iter__(self) -> Iterator[bytes]:
         while True:
             try:
-                data: bytes = self.resp.read1(CHUNK, decode_content=False)
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                data = self.resp.read1(CHUNK)
+            except OSError as exc:
                 if self.handle is not None and self.handle.closed_because:
                     raise SessionEnded(self.handle.closed_because) from None
                 self.svc.audit.emit(
@@ -758,8 +742,7 @@ class _Relay:
     def close(self) -> None:
         if self.handle is not None:
             self.streams.done(self.handle)
-        self.resp.close()
-        self.resp.release_conn()
+        self.resp.release()
 
 
 class SessionEnded(Exception):
@@ -780,7 +763,7 @@ class _TakenOver:
 TAKEN_OVER = _TakenOver()
 
 
-def _relay_both_ways(client: socket.socket, upstream: socket.socket, reader: Any) -> None:
+def _relay_both_ways(client: socket.socket, upstream: socket.socket) -> None:
     """Copy upstream -> client in a greenlet, client -> upstream here, until one
     side ends; then shut both down so the other copy ends too."""
     import gevent
@@ -798,7 +781,7 @@ def _relay_both_ways(client: socket.socket, upstream: socket.socket, reader: Any
                 except OSError:
                     pass
 
-    down = gevent.spawn(pump, reader.read1, client)
+    down = gevent.spawn(pump, upstream.recv, client)
     client.settimeout(None)  # silence is limited on the upstream side (read_timeout)
     pump(client.recv, upstream)
     down.join()
@@ -890,11 +873,12 @@ def _reason(status: int) -> str:
 
 
 def _failure_kind(exc: BaseException) -> str:
-    if isinstance(exc, urllib3.exceptions.SSLError):
-        return "tls"
-    if isinstance(exc, urllib3.exceptions.NewConnectionError | ConnectionRefusedError):
-        return "connect"
-    return "protocol"
+    """What an upstream_error line gives as its reason."""
+    if isinstance(exc, UpstreamError):
+        return exc.kind
+    if isinstance(exc, InvalidRequest):
+        return "invalid-request"  # nothing was sent
+    return "timeout" if isinstance(exc, TimeoutError) else "protocol"
 
 
 _ERRORS = {

@@ -164,6 +164,12 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
                     "device_login": {"scheme": "digest", **bridged},
                 },
                 {
+                    "name": "door-digest-upload",  # its own bridge: no challenge known yet
+                    "match": {"hosts": hosts, "path_prefix": "/doorupload"},
+                    "url": digest.url,
+                    "device_login": {"scheme": "digest", **bridged},
+                },
+                {
                     "name": "door-digest-public",  # the lobby page of the same device
                     "match": {"hosts": hosts, "path_prefix": "/public/door"},
                     "url": digest.url,
@@ -558,6 +564,54 @@ def test_digest_device_login_challenge_once_then_preemptive(proxied: Stack) -> N
     assert login.challenges == challenges + 1
     actions = proxied.gateway.audit_events("proxy_action")
     assert actions[-1]["upstream"] == "door-digest" and actions[-1]["status"] == 200
+
+
+def _puts(device: ProxyUpstream, path: str) -> list[SeenRequest]:
+    return [s for s in device.seen if s.method == "PUT" and s.path == path]
+
+
+def test_large_body_to_a_digest_device_not_heard_from_yet(proxied: Stack) -> None:
+    """A body over the replay limit cannot be sent twice: the bridge asks the
+    device for its challenge with a bodiless GET first, then sends it once."""
+    proxied.digest.reset()
+    resp = proxied.client.put(
+        proxied.url("/doorupload/firmware/upload"), data=_Payload(3 * MB), timeout=30
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"received": 3 * MB}
+    [probe, upload] = [s for s in proxied.digest.seen if s.path == "/doorupload/firmware/upload"]
+    assert (probe.method, probe.get("Authorization")) == ("GET", None)
+    assert upload.method == "PUT" and (upload.get("Authorization") or "").startswith("Digest ")
+
+
+def test_large_body_to_a_digest_device_whose_nonce_went_stale(proxied: Stack) -> None:
+    login = proxied.digest._server.login
+    assert login is not None
+    resp = proxied.client.get(proxied.url("/doordigest/relays"), timeout=10)
+    assert resp.status_code == 200  # the bridge holds a good challenge
+    login.expire_nonces()  # ...which the device has now forgotten
+    challenges = login.challenges
+    proxied.digest.reset()
+    resp = proxied.client.put(
+        proxied.url("/doordigest/firmware/upload"), data=_Payload(3 * MB), timeout=30
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"received": 3 * MB}
+    assert login.challenges == challenges + 1  # the probe's
+    assert len(_puts(proxied.digest, "/doordigest/firmware/upload")) == 1  # sent once
+
+
+def test_large_body_with_refused_device_credentials_is_502(proxied: Stack) -> None:
+    proxied.digest.reset()
+    resp = proxied.client.put(
+        proxied.url("/doorwrong/firmware/upload"), data=_Payload(3 * MB), timeout=30
+    )
+    assert resp.status_code == 502
+    assert "Try again" not in resp.text  # it would not help
+    failed = proxied.gateway.audit_events("device_login_failed")[-1]
+    assert failed["upstream"] == "door-wrong-password" and failed["reason"] == "refused"
+    assert proxied.gateway.audit_events("proxy_action")[-1]["status"] == 502
+    assert len(_puts(proxied.digest, "/doorwrong/firmware/upload")) == 1
 
 
 def test_websocket_handshake_to_a_digest_device_carries_the_credentials(
