@@ -40,7 +40,11 @@ from urllib.parse import unquote_to_bytes
 
 import httptools
 
-__all__ = ["ConnectionServer", "Limits"]
+from gateway.sockets import send_all
+
+__all__ = ["SERVER_SOFTWARE", "ConnectionServer", "Limits"]
+
+SERVER_SOFTWARE = "sso-gateway"  # environ["SERVER_SOFTWARE"]: this server, plain HTTP
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +141,7 @@ class ConnectionServer:
             "SCRIPT_NAME": "",
             "SERVER_NAME": server_name,
             "SERVER_PORT": server_port,
-            "SERVER_SOFTWARE": "sso-gateway",
+            "SERVER_SOFTWARE": SERVER_SOFTWARE,
         }
         self._date_second = -1
         self._date = ""
@@ -554,7 +558,7 @@ class _Response:
         if out:
             data = out + data if data else out
         if data:
-            self.conn.sock.sendall(data)
+            send_all(self.conn.sock, data)
 
     def finish(self, data: bytes) -> None:
         if not self.status:

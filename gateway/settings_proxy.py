@@ -92,7 +92,7 @@ class UpstreamSettings(_Model):
     preserve_host: bool = False  # send the browser's Host instead of the upstream's
     # the upstream's own cookies, expired on /.sso/logout
     logout_cookies: tuple[str, ...] = ()
-    pool_size: int = Field(default=10, ge=1, le=1000)
+    pool_size: int = Field(default=64, ge=1, le=1000)
     # answer the device's Basic/Digest challenge for authorised people
     device_login: DeviceLoginSettings | None = None
 

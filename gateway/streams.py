@@ -19,7 +19,6 @@ patches ``threading``), started when the first stream opens in a process.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from itertools import count
 from gateway.audit import AuditLog
 from gateway.core.errors import StoreUnavailable
 from gateway.sessions.manager import Expired, InvalidationFeed, Session, SessionManager
+from gateway.sockets import current_pid
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class StreamRegistry:
 
     # -- the watcher -------------------------------------------------------------------
     def _ensure_watcher(self) -> None:
-        pid = os.getpid()
+        pid = current_pid()
         if self._pid == pid:
             return
         with self._lock:

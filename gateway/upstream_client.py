@@ -21,9 +21,11 @@ does itself is the bookkeeping around them:
   to the end and the upstream allows it (HTTP/1.1 without ``Connection:
   close``, or 1.0 with ``keep-alive``; never after ``HEAD``, whose answer llhttp
   cannot be told has no body, MagicStack/httptools#47).  An idle connection is
-  checked before reuse; if a reused one fails before any byte of the answer
-  arrived, the request is sent once more on a new connection, when its body can
-  be sent again (none, or bytes);
+  checked before reuse (a non-blocking peek), except for a request that may be
+  sent twice (an idempotent method, a body that is none or bytes) on a
+  connection used within the last second; if a reused one fails before any
+  byte of the answer arrived, such a request is sent once more on a new
+  connection - never a POST, which might open a door twice;
 * timeouts: ``connect_timeout`` for connecting and the TLS handshake,
   ``read_timeout`` for every read and write.
 
@@ -43,14 +45,18 @@ Errors (all :class:`OSError`, so that code that catches ``OSError`` still does):
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import select
 import socket
 import ssl
+import time
 from collections.abc import Iterable, Sequence
 from typing import ClassVar
 
 import httptools
+
+from gateway.sockets import send_all
 
 __all__ = [
     "CHUNK",
@@ -70,6 +76,10 @@ __all__ = [
 CHUNK = 256 * 1024  # largest read; what read1 returns at most by default
 MAX_HEADERS = 100
 MAX_HEAD = 64 * 1024
+# methods a request may be sent twice with (RFC 9110 9.2.2): only those are
+# retried on a new connection when a kept-alive one turns out to be closed
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+FRESH = 1.0  # seconds an idle connection is taken as open without a check
 DRAIN_LIMIT = 1024 * 1024  # drain() reads at most this much, then closes instead
 _COALESCE = 64 * 1024  # a bytes body up to this size goes out with the head
 _LAST_CHUNK = b"0\r\n\r\n"
@@ -164,7 +174,7 @@ def _culprit(method: str, target: str, headers: Sequence[tuple[str, str]]) -> st
 
 def _sendall(sock: socket.socket, data: bytes, doing: str) -> None:
     try:
-        sock.sendall(data)
+        send_all(sock, data)
     except OSError as exc:
         raise _wrap(exc, doing) from exc
 
@@ -506,8 +516,17 @@ class UpstreamPool:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.maxsize = maxsize
-        self._idle: list[socket.socket] = []
+        self._idle: list[tuple[socket.socket, float]] = []  # (connection, idle since)
         self._closed = False
+        # an address literal is connected to directly: no name lookup (which
+        # gevent hands to a thread) for every new connection
+        self._family: socket.AddressFamily | None = None
+        try:
+            ip = ipaddress.ip_address(address[0])
+        except ValueError:
+            pass
+        else:
+            self._family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
 
     @property
     def scheme(self) -> str:
@@ -534,8 +553,9 @@ class UpstreamPool:
         if chunked:
             headers = [*headers, ("Transfer-Encoding", "chunked")]
         head = encode_head(method, target, headers)
-        replayable = body is None or isinstance(body, bytes)
-        sock, reused = self._checkout()
+        # a request that may go twice: idempotent, with a body that can be resent
+        retryable = method in IDEMPOTENT and (body is None or isinstance(body, bytes))
+        sock, reused = self._checkout(retryable)
         while True:
             resp = UpstreamResponse(sock, method, self)
             try:
@@ -545,7 +565,7 @@ class UpstreamPool:
                 return resp
             except UpstreamError as exc:
                 resp.close()
-                if not reused or not replayable or resp._received or exc.kind == "timeout":
+                if not reused or not retryable or resp._received or exc.kind == "timeout":
                     raise
                 reused = False  # a stale keep-alive connection: once more, on a new one
                 sock = self.connect_raw()
@@ -573,7 +593,16 @@ class UpstreamPool:
         """A new connection (TLS verified when the upstream is https), with
         ``read_timeout`` as its socket timeout."""
         try:
-            sock = socket.create_connection(self.address, timeout=self.connect_timeout)
+            if self._family is None:
+                sock = socket.create_connection(self.address, timeout=self.connect_timeout)
+            else:
+                sock = socket.socket(self._family, socket.SOCK_STREAM)
+                try:
+                    sock.settimeout(self.connect_timeout)
+                    sock.connect(self.address)
+                except BaseException:
+                    sock.close()
+                    raise
         except TimeoutError as exc:
             raise UpstreamTimeout(f"connecting to {self._where()}: timed out") from exc
         except OSError as exc:
@@ -596,7 +625,7 @@ class UpstreamPool:
         """Close the idle connections; those in use are closed when released."""
         self._closed = True
         idle, self._idle = self._idle, []
-        for sock in idle:
+        for sock, _ in idle:
             sock.close()
 
     def _where(self) -> str:
@@ -625,11 +654,16 @@ class UpstreamPool:
             return
         resp._begin()
 
-    def _checkout(self) -> tuple[socket.socket, bool]:
+    def _checkout(self, retryable: bool) -> tuple[socket.socket, bool]:
+        """An idle connection (newest first) or a new one; (connection, reused).
+        An idle connection is checked first - unless the request may be sent
+        again and the connection was in use less than FRESH seconds ago: a
+        closed one then costs a retry, and the check a system call every time."""
         idle = self._idle
+        now = time.monotonic()
         while idle:
-            sock = idle.pop()
-            if self._usable(sock):
+            sock, since = idle.pop()
+            if (retryable and now - since < FRESH) or self._usable(sock):
                 return sock, True
             sock.close()
         return self.connect_raw(), False
@@ -638,7 +672,7 @@ class UpstreamPool:
         if self._closed or len(self._idle) >= self.maxsize:
             sock.close()
         else:
-            self._idle.append(sock)
+            self._idle.append((sock, time.monotonic()))
 
     def _usable(self, sock: socket.socket) -> bool:
         """Whether an idle connection is still open and quiet: the upstream may

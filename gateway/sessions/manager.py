@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import builtins
 import hashlib
-import os
 import secrets
 import threading
 import time
@@ -32,6 +31,7 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from gateway.core.model import Identity
 from gateway.sessions.cache import SessionCache
 from gateway.sessions.store import SessionStore
+from gateway.sockets import current_pid
 
 RECORD_VERSION = 1
 # The store keeps a record this long past the session's absolute end, so an
@@ -144,7 +144,7 @@ class SessionManager:
         """Subscribe to the store's invalidations once per process (after fork)."""
         if self._feed is None or self._cache is None:
             return
-        pid = os.getpid()
+        pid = current_pid()
         if self._subscribed_pid != pid:
             self._subscribed_pid = pid
             self._cache.set_healthy(False)

@@ -50,6 +50,7 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from gateway.core.errors import StoreUnavailable
+from gateway.sockets import current_pid
 
 log = logging.getLogger(__name__)
 
@@ -451,7 +452,7 @@ class _InvalidationListener:
         self._thread.start()
 
     def alive(self) -> bool:
-        return self._pid == os.getpid() and self._thread.is_alive()
+        return self._pid == current_pid() and self._thread.is_alive()
 
     def add(self, on_key: Callable[[str | None], None], on_health: Callable[[bool], None]) -> None:
         with self._lock:

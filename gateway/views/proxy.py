@@ -37,6 +37,7 @@ from gateway.core.errors import AmbiguousPath, StoreUnavailable
 from gateway.core.model import Decision, Identity, Outcome, RequestInfo
 from gateway.core.paths import normalise_path
 from gateway.device_auth import DeviceCredentials
+from gateway.http_server import SERVER_SOFTWARE
 from gateway.services import Services
 from gateway.streams import StreamHandle, StreamRegistry
 from gateway.upstream_client import InvalidRequest, UpstreamError, UpstreamResponse
@@ -835,6 +836,8 @@ def _connection_scheme(environ: dict[str, Any]) -> str:
     """The scheme of the connection itself.  gunicorn rewrites ``wsgi.url_scheme``
     from X-Forwarded-Proto for its ``forwarded_allow_ips``, which would let a
     browser on such an address speak for itself even with ``trusted_hops: 0``."""
+    if environ.get("SERVER_SOFTWARE") == SERVER_SOFTWARE:
+        return "http"  # gateway.http_server: plain HTTP, the scheme never rewritten
     sock = environ.get("gunicorn.socket")
     if sock is None:
         return str(environ.get("wsgi.url_scheme", "http"))

@@ -556,14 +556,27 @@ def test_a_reused_connection_failing_before_the_answer_is_retried_once(
     pool = peer.pool()
     with pool.request("GET", "/", GET) as resp:
         body(resp.read1)
-    with pool.request("POST", "/open", [("Content-Length", "5")], b"pulse") as resp:
+    with pool.request("PUT", "/config", [("Content-Length", "5")], b"pulse") as resp:
         assert resp.status == 200 and body(resp.read1) == b"ok"
     assert peer.connections == 2
     assert [r.split(b" ", 2)[:2] for r in peer.requests] == [
         [b"GET", b"/"],
-        [b"POST", b"/open"],
-        [b"POST", b"/open"],  # sent again, on the new connection
+        [b"PUT", b"/config"],
+        [b"PUT", b"/config"],  # sent again, on the new connection
     ]
+
+
+def test_a_post_is_never_sent_twice(serve: Callable[..., Peer]) -> None:
+    """A POST may have opened a door before the connection broke: the caller
+    gets the error (502), the device never gets the request a second time."""
+    peer = serve(_drops_the_second_request)
+    pool = peer.pool()
+    with pool.request("GET", "/", GET) as resp:
+        body(resp.read1)
+    with pytest.raises(UpstreamProtocolError, match="without answering"):
+        pool.request("POST", "/open", [("Content-Length", "5")], b"pulse")
+    assert peer.connections == 1
+    assert [r.split(b" ", 2)[:2] for r in peer.requests] == [[b"GET", b"/"], [b"POST", b"/open"]]
 
 
 def test_a_streamed_body_is_never_sent_twice(serve: Callable[..., Peer]) -> None:
