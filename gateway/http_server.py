@@ -27,7 +27,9 @@ The environ is the one PEP 3333 describes, with gunicorn's extras the views use
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import re
 import socket
 import sys
@@ -55,6 +57,11 @@ _FRAMING = frozenset({"connection", "keep-alive", "transfer-encoding", "date"})
 _BAD_HEADER = re.compile(r"[\r\n\0]")
 _TOO_LARGE = "431 Request Header Fields Too Large"
 _STATUS = re.compile(r"[1-5][0-9][0-9] [^\r\n\0]*\Z")
+
+
+Waits = tuple[Callable[..., Any], Callable[..., Any]]
+SPLICE_MIN = 1024 * 1024  # bodies from this size move by splice(2) when they can
+PIPE_SIZE = 1024 * 1024  # the splice pipe's capacity (Linux's default maximum)
 
 
 class Limits:
@@ -123,8 +130,12 @@ class ConnectionServer:
         counted: Callable[[], None] = lambda: None,
         pause: Callable[[], None] = lambda: None,
         limits: Limits | None = None,
+        waits: Waits | None = None,
     ) -> None:
         self.app = app
+        # (wait until readable, until writable)(fd, timeout): with them, long
+        # bodies from upstream move by splice(2), never copied through Python
+        self.waits = waits if hasattr(os, "splice") else None
         self.keepalive = keepalive
         self.alive = alive
         self.counted = counted
@@ -322,7 +333,7 @@ class _Connection:
                 return False
             if type(result) is list and len(result) == 1:
                 response.finish(result[0])
-            else:
+            elif not self.spliced(response, result):
                 for data in result:
                     if data:
                         response.write(data)
@@ -347,6 +358,40 @@ class _Connection:
             return False
         if self.upgraded or not req.complete:
             return False  # an unread body (or an upgrade) ends the connection
+        return True
+
+    def spliced(self, response: _Response, result: Any) -> bool:
+        """Send a long body the app hands over as a connection (the reverse
+        proxy's upstream answer: ``result.splice_source``) with splice(2),
+        kernel to kernel, instead of reading it into Python; False when the
+        body must be iterated instead (nothing written yet then)."""
+        source = getattr(result, "splice_source", None)
+        waits = self.server.waits
+        if source is None or waits is None or not response.status:
+            return False
+        if not any(name.lower() == "content-length" for name, _ in response.headers):
+            return False
+        head = response.prepare_head()
+        length = response.length
+        if length is None or response.bodyless or length < SPLICE_MIN:
+            return False
+        taken = source(SPLICE_MIN)
+        if taken is None:
+            return False
+        src, early, left = taken
+        response.head_sent = True
+        if len(early) + left != length:  # never for an answer passed on as it came
+            response.must_close = True
+            return True
+        send_all(self.sock, head + early)
+        response.written = len(early)
+        moved, failure = _splice(src, self.sock, left, waits)
+        response.written += moved
+        if moved < left:
+            response.must_close = True
+        ended = getattr(result, "splice_ended", None)
+        if ended is not None:
+            ended(failure)
         return True
 
     def environ(self, req: _Request) -> dict[str, Any]:
@@ -483,6 +528,7 @@ class _Response:
         self.bodyless = False
         self.written = 0
         self.must_close = False
+        self._pending = b""  # a head framed ahead of the first write
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
@@ -543,7 +589,8 @@ class _Response:
             raise AssertionError("write() before start_response")
         out = b""
         if not self.head_sent:
-            out = self._head(data, last)
+            out = self._pending or self._head(data, last)
+            self._pending = b""
             self.head_sent = True
         if self.bodyless:
             data = b""
@@ -560,6 +607,12 @@ class _Response:
         if data:
             send_all(self.conn.sock, data)
 
+    def prepare_head(self) -> bytes:
+        """Frame the head now (the app named its length), for the first write."""
+        if not self._pending:
+            self._pending = self._head(b"", False)
+        return self._pending
+
     def finish(self, data: bytes) -> None:
         if not self.status:
             raise AssertionError("the app returned without calling start_response")
@@ -568,3 +621,45 @@ class _Response:
             self.conn.sock.sendall(b"0\r\n\r\n")
         elif self.length is not None and self.written < self.length and not self.bodyless:
             self.must_close = True  # short body: the client must not wait for the rest
+
+
+def _splice(src: socket.socket, dst: socket.socket, count: int, waits: Waits) -> tuple[int, str]:
+    """Move ``count`` bytes from ``src`` to ``dst`` through a pipe with
+    splice(2).  Returns (bytes moved, "" or why the source stopped early);
+    a failure on the ``dst`` side raises (the client is gone)."""
+    wait_read, wait_write = waits
+    read_timeout, write_timeout = src.gettimeout(), dst.gettimeout()
+    flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+    sfd, dfd = src.fileno(), dst.fileno()
+    pipe_r, pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.fcntl(pipe_w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass  # a smaller pipe only means more rounds
+        moved = 0
+        while moved < count:
+            try:
+                n = os.splice(sfd, pipe_w, min(count - moved, PIPE_SIZE), flags=flags)
+            except BlockingIOError:
+                try:
+                    wait_read(sfd, timeout=read_timeout)
+                except OSError:
+                    return moved, "timeout"
+                continue
+            except OSError as exc:
+                return moved, exc.strerror or "error"
+            if n == 0:
+                return moved, "closed"  # the upstream ended before its Content-Length
+            while n:
+                try:
+                    m = os.splice(pipe_r, dfd, n, flags=flags)
+                except BlockingIOError:
+                    wait_write(dfd, timeout=write_timeout)
+                    continue
+                n -= m
+                moved += m
+        return moved, ""
+    finally:
+        os.close(pipe_r)
+        os.close(pipe_w)

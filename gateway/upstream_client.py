@@ -425,6 +425,30 @@ class UpstreamResponse:
             except OSError:
                 pass
 
+    def take_body(self, minimum: int) -> tuple[socket.socket, bytes, int] | None:
+        """For a zero-copy relay of a long body: ``(connection, body bytes
+        already read, bytes still to come on the connection)`` when the answer
+        has a ``Content-Length`` body of at least ``minimum`` bytes still unread
+        on a plain (not TLS) connection; else None.  Whoever takes it moves the
+        rest off the socket; the connection is closed afterwards (never reused:
+        the parser has not seen those bytes)."""
+        msg = self._msg
+        sock = self._sock
+        if sock is None or msg.complete or self._cut or getattr(sock, "pending", None):
+            return None
+        lengths = [v for k, v in msg.headers if k.lower() == "content-length"]
+        if len(lengths) != 1 or not lengths[0].strip().isdigit():
+            return None
+        if any(k.lower() == "transfer-encoding" for k, _ in msg.headers):
+            return None
+        early = b"".join(msg.body)
+        left = int(lengths[0]) - len(early)
+        if left < minimum:
+            return None
+        msg.body.clear()
+        self._cut = True  # read by the taker: never back to the pool
+        return sock, early, left
+
     def detach(self) -> tuple[socket.socket, bytes]:
         """After a ``101 Switching Protocols``: the connection and the bytes of
         the new protocol already read past the head.  The answer object is done."""

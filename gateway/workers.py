@@ -23,6 +23,7 @@ import socket
 from typing import Any
 
 import gevent
+import gevent.socket
 from gunicorn.workers.ggevent import GeventWorker
 
 from gateway.http_server import ConnectionServer
@@ -55,6 +56,7 @@ class FairGeventWorker(GeventWorker):  # type: ignore[misc]
                 alive=self._is_alive,
                 counted=self._count_request,
                 pause=_yield,
+                waits=(gevent.socket.wait_read, gevent.socket.wait_write),
             )
             servers[listener] = server
         return server

@@ -717,7 +717,25 @@ class _Relay:
             self.handle = streams.open(owner[0], owner[1], "stream", upstream, self._cut)
 
     def _cut(self) -> None:
-        self.resp.shutdown()  # wakes a read1 blocked in another greenlet
+        self.resp.shutdown()  # wakes a read1 (or a splice) waiting in another greenlet
+
+    def splice_source(self, minimum: int) -> tuple[socket.socket, bytes, int] | None:
+        """The upstream connection, for the server to move a long body kernel to
+        kernel (gateway.http_server); None when it must be iterated."""
+        if self.handle is not None and self.handle.closed_because:
+            return None
+        return self.resp.take_body(minimum)
+
+    def splice_ended(self, failure: str) -> None:
+        """The server's report on a spliced body: "" when it all went."""
+        if failure and not (self.handle is not None and self.handle.closed_because):
+            self.svc.audit.emit(
+                "upstream_error",
+                **self.audit_fields,
+                status=self.resp.status,
+                reason="stream-interrupted",
+                detail=failure,
+            )
 
     def __iter__(self) -> Iterator[bytes]:
         while True:

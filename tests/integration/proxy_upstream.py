@@ -34,6 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from tests.integration.conftest import SeenRequest
 
+STALLED_SIZE = 64 * 1024 * 1024  # /stalled: Content-Length of a download that stalls
 BLOCK = b"\xa5" * (256 * 1024)
 
 
@@ -229,6 +230,22 @@ class _Handler(BaseHTTPRequestHandler):
                 piece = BLOCK[: min(left, len(BLOCK))]
                 self.wfile.write(piece)
                 left -= len(piece)
+        elif last == "stalled":  # a long download whose upstream stops half-way
+            size = STALLED_SIZE
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            sent = 0
+            try:
+                while sent < size:
+                    if sent == 4 * 1024 * 1024:
+                        self.server.release.wait(10)
+                    piece = BLOCK[: min(size - sent, len(BLOCK))]
+                    self.wfile.write(piece)
+                    sent += len(piece)
+            except OSError:
+                self.close_connection = True  # the gateway cut it
         elif last == "redirect":
             port = self.server.server_address[1]
             self._send(302, b"", "text/plain", Location=f"http://127.0.0.1:{port}/base/login?x=1")

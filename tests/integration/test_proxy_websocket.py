@@ -33,7 +33,7 @@ from tests.integration.conftest import (
     start_gateway,
     submit_login,
 )
-from tests.integration.proxy_upstream import ProxyUpstream, WebSocketUpstream
+from tests.integration.proxy_upstream import STALLED_SIZE, ProxyUpstream, WebSocketUpstream
 
 BOB = LocalUser(
     username="bob",
@@ -218,6 +218,35 @@ def _revoke_bob(
         assert time.monotonic() - started < CLOSE_WITHIN
     kinds = {e["kind"] for e in gateway.audit_events("stream_closed") if e["user"] == "bob"}
     assert kinds == {"websocket", "stream"}
+    plain.release.set()
+
+
+def test_revocation_cuts_a_long_download_within_5_seconds(
+    gateway: GatewayProcess, upstreams: tuple[WebSocketUpstream, ProxyUpstream]
+) -> None:
+    """A long answer with a Content-Length moves kernel to kernel (splice); the
+    end of the session still cuts it, and the client sees a cut, not an end."""
+    _, plain = upstreams
+    plain.reset()
+    client = _signed_in(gateway, BOB)
+    with client.get(gateway.url + "/console/stalled", stream=True, timeout=10) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["Content-Length"] == str(STALLED_SIZE)
+        chunks = resp.iter_content(chunk_size=1024 * 1024)
+        got = len(next(chunks))
+        revoked = gateway.cli("sessions", "revoke", "--user", "bob")
+        assert revoked.returncode == 0, revoked.stderr
+        started = time.monotonic()
+        with pytest.raises(
+            (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError)
+        ):
+            for chunk in chunks:
+                got += len(chunk)
+                assert time.monotonic() - started < CLOSE_WITHIN
+        assert time.monotonic() - started < CLOSE_WITHIN
+        assert got < STALLED_SIZE
+    closed = [e for e in gateway.audit_events("stream_closed") if e["user"] == "bob"]
+    assert any(e["kind"] == "stream" for e in closed)
     plain.release.set()
 
 

@@ -6,6 +6,7 @@ connection; good ones are served on keep-alive connections."""
 from __future__ import annotations
 
 import json
+import select
 import socket
 import threading
 import time
@@ -503,3 +504,112 @@ def test_worker_shutdown_closes_after_the_current_request(server: Server) -> Non
     _, headers, _ = read_response(sock)
     assert headers["connection"] == "close"
     assert closed(sock)
+
+
+# -- long bodies handed over as a connection (splice) ----------------------------------
+
+
+def _wait(read: bool) -> Callable[..., None]:
+    def wait(fd: int, timeout: float | None = None) -> None:
+        ready = (
+            select.select([fd], [], [], timeout) if read else select.select([], [fd], [], timeout)
+        )
+        if not any(ready):
+            raise TimeoutError("timed out")
+
+    return wait
+
+
+class _Handover:
+    """What the reverse proxy returns for a long upstream body: the upstream
+    connection (here one end of a socket pair), the body bytes already read,
+    and how many are still to come on it."""
+
+    def __init__(self, source: socket.socket, early: bytes, left: int) -> None:
+        self.source = source
+        self.early = early
+        self.left = left
+        self.ended: list[str] = []
+        self.closed = False
+
+    def splice_source(self, minimum: int) -> tuple[socket.socket, bytes, int] | None:
+        return (self.source, self.early, self.left) if self.left >= minimum else None
+
+    def splice_ended(self, failure: str) -> None:
+        self.ended.append(failure)
+
+    def __iter__(self) -> Iterator[bytes]:  # a body too short to splice
+        yield self.early
+        while data := self.source.recv(65536):
+            yield data
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _splicing_server(size: int, *, short_by: int = 0) -> tuple[Server, list[_Handover]]:
+    handed: list[_Handover] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> _Handover:
+        upstream, feeder = socket.socketpair()
+        body = bytes(range(256)) * (size // 256)
+
+        def feed() -> None:
+            feeder.sendall(body[5 : len(body) - short_by])
+            feeder.close()
+
+        threading.Thread(target=feed, daemon=True).start()
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        handover = _Handover(upstream, body[:5], len(body) - 5)
+        handed.append(handover)
+        return handover
+
+    s = Server(app)
+    s.server.waits = (_wait(True), _wait(False))
+    return s, handed
+
+
+def test_a_long_body_handed_over_as_a_connection_is_spliced() -> None:
+    size = 4 * 1024 * 1024
+    s, handed = _splicing_server(size)
+    try:
+        sock = s.connect()
+        for _ in range(2):  # and the connection stays usable
+            sock.sendall(b"GET /fw.bin HTTP/1.1\r\nHost: a\r\n\r\n")
+            status, _, body = read_response(sock)
+            assert status == 200 and len(body) == size
+            assert body == bytes(range(256)) * (size // 256)
+        assert [h.ended for h in handed] == [[""], [""]]
+        assert all(h.closed for h in handed)
+    finally:
+        s.close()
+
+
+def test_a_spliced_body_cut_short_closes_the_connection_and_is_reported() -> None:
+    size = 4 * 1024 * 1024
+    s, handed = _splicing_server(size, short_by=1000)
+    try:
+        sock = s.connect()
+        sock.sendall(b"GET /fw.bin HTTP/1.1\r\nHost: a\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(1 << 20):
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert b"Content-Length: %d" % size in head
+        assert len(body) == size - 1000  # then the close: never a silently short answer
+        assert handed[0].ended == ["closed"]
+    finally:
+        s.close()
+
+
+def test_a_short_body_is_not_spliced() -> None:
+    size = 64 * 1024
+    s, handed = _splicing_server(size)
+    try:
+        sock = s.connect()
+        sock.sendall(b"GET /small HTTP/1.1\r\nHost: a\r\n\r\n")
+        status, _, body = read_response(sock)
+        assert status == 200 and body == bytes(range(256)) * (size // 256)
+        assert handed[0].ended == []  # iterated, not spliced
+    finally:
+        s.close()
