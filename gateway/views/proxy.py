@@ -45,6 +45,7 @@ from gateway.upstreams import Upstream, UpstreamTable
 from gateway.views.common import client_ip, public_scheme, wants_json
 from gateway.views.judge import judge
 from gateway.views.respond import identity_headers, json_answer, page
+from gateway.websocket_frames import SESSION_ENDED, FrameBoundary, close_frame
 
 log = logging.getLogger(__name__)
 
@@ -543,6 +544,8 @@ class ProxyApp:
         client_head = status_line + "".join(f"{k}: {v}\r\n" for k, v in out) + "\r\n"
         svc.audit.emit("websocket_opened", **fields)
         handle: StreamHandle | None = None
+        down = _Direction(client, masked=False)  # upstream -> browser
+        up = _Direction(sock, masked=True)  # browser -> upstream (the gateway as client)
 
         def cut() -> None:
             for s in (sock, client):
@@ -551,11 +554,20 @@ class ProxyApp:
                 except OSError:
                     pass
 
+        def session_ended() -> None:
+            # a close frame each way where none is under way, then the cut
+            for direction in (down, up):
+                direction.say_goodbye()
+            cut()
+
         if owner is not None:
-            handle = self.streams.open(owner[0], owner[1], "websocket", upstream.name, cut)
+            handle = self.streams.open(
+                owner[0], owner[1], "websocket", upstream.name, session_ended
+            )
         try:
             client.sendall(client_head.encode("latin-1") + early)
-            _relay_both_ways(client, sock)
+            down.frames.feed(early)
+            _relay_both_ways(down, up)
         except OSError:
             pass
         finally:
@@ -782,15 +794,42 @@ class _TakenOver:
 TAKEN_OVER = _TakenOver()
 
 
-def _relay_both_ways(client: socket.socket, upstream: socket.socket) -> None:
+class _Direction:
+    """One direction of a relayed WebSocket: where its frames end, and whether
+    bytes are being written (a close frame of the gateway's may then not go)."""
+
+    def __init__(self, dst: socket.socket, *, masked: bool) -> None:
+        self.dst = dst
+        self.masked = masked
+        self.frames = FrameBoundary()
+        self.sending = False
+
+    def say_goodbye(self) -> None:
+        """A close frame (1008, "session ended") to ``dst``, when the stream
+        stands between frames and no close frame has passed yet."""
+        if self.sending or self.frames.closed or not self.frames.at_boundary:
+            return
+        self.frames.closed = True
+        try:
+            self.dst.sendall(close_frame(SESSION_ENDED, "session ended", masked=self.masked))
+        except OSError:
+            pass
+
+
+def _relay_both_ways(down: _Direction, up: _Direction) -> None:
     """Copy upstream -> client in a greenlet, client -> upstream here, until one
     side ends; then shut both down so the other copy ends too."""
     import gevent
 
-    def pump(read: Any, dst: socket.socket) -> None:
+    client, upstream = down.dst, up.dst
+
+    def pump(read: Any, direction: _Direction) -> None:
         try:
             while data := read(CHUNK):
-                dst.sendall(data)
+                direction.sending = True
+                direction.dst.sendall(data)
+                direction.sending = False
+                direction.frames.feed(data)
         except OSError:
             pass
         finally:
@@ -800,10 +839,10 @@ def _relay_both_ways(client: socket.socket, upstream: socket.socket) -> None:
                 except OSError:
                     pass
 
-    down = gevent.spawn(pump, upstream.recv, client)
+    copier = gevent.spawn(pump, upstream.recv, down)
     client.settimeout(None)  # silence is limited on the upstream side (read_timeout)
-    pump(client.recv, upstream)
-    down.join()
+    pump(client.recv, up)
+    copier.join()
 
 
 def _request_body(environ: dict[str, Any]) -> tuple[Iterable[bytes] | None, int | None]:

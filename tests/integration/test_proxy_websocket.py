@@ -185,6 +185,8 @@ def test_logout_closes_websockets_within_5_seconds(gateway: GatewayProcess) -> N
         _logout(gateway, client)
         for conn in conns:
             _closed_within(conn, CLOSE_WITHIN)
+            # a close frame of the gateway's, so the console knows why (not 1006)
+            assert (conn.close_code, conn.close_reason) == (1008, "session ended")
     closed = [e for e in gateway.audit_events("stream_closed") if e["user"] == "alice"]
     assert len(closed) >= 3
 
