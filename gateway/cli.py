@@ -166,9 +166,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo",
         parents=[common],
-        help="run a local demo (local users, on-disk sessions, no Redis)",
+        help="run a local demo (local users, on-disk sessions, no Redis) in front of a "
+        "demo intercom dashboard",
         description="Write a demo config and users file under ./demo-data, print "
-        "the address and the demo users' passwords, and serve. "
+        "the address and the demo users' passwords, and serve: the gateway in "
+        "reverse-proxy mode in front of a small intercom dashboard (served from this "
+        "process on a loopback port) with a live WebSocket event feed. "
         "SSO_GATEWAY_DEMO_PASSWORD, when set, is every demo user's password.",
     )
     p.add_argument("--host", default="127.0.0.1")
@@ -465,6 +468,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             attributes=attrs,
         )
         credentials.append((username, password, ", ".join(group_list)))
+    from gateway.demo_upstream import DemoUpstream
+
+    dashboard = DemoUpstream()  # served from this process; gunicorn's workers proxy to it
     config = base / "config.yaml"
     config.write_text(
         "# written by `sso-gateway demo`; plain HTTP on loopback only\n"
@@ -474,20 +480,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "cookie:\n  secure: false   # plain-http demo only; never in production\n"
         "session:\n  store: file\n  idle_timeout: 600\n  absolute_lifetime: 3600\n"
         f"providers:\n  default: local\n  local:\n    users_file: {users_file}\n"
-        f"listen:\n  host: {args.host}\n  port: {args.port}\n  workers: 2\n",
+        f"listen:\n  host: {args.host}\n  port: {args.port}\n  workers: 2\n"
+        "proxy:   # everything outside /.sso/ goes to the demo intercom dashboard\n"
+        "  upstreams:\n"
+        "    - name: demo-dashboard\n"
+        "      match: {hosts: [127.0.0.1, localhost]}\n"
+        f"      url: {dashboard.url}\n",
         encoding="utf-8",
     )
     settings = load_settings(config)
     print(f"Demo gateway: http://{args.host}:{args.port}/.sso/login")
+    print(f"Demo intercom dashboard through the gateway: http://{args.host}:{args.port}/")
     print("Demo users (user / password / groups):")
     for username, password, groups in credentials:
         print(f"  {username:6} {password:14} {groups}")
     sys.stdout.flush()
     if args.no_serve:
+        dashboard.stop()
         return 0
     from gateway.serve import run
 
-    run(settings, str(config), bind=None, workers=None)
+    dashboard.start()
+    try:
+        run(settings, str(config), bind=None, workers=None)
+    finally:
+        dashboard.stop()
     return 0
 
 

@@ -582,6 +582,8 @@ def test_demo_writes_a_config_that_passes_check(
     settings = load_settings(config, environ={})
     assert settings.cookie.secure is False
     assert settings.listen.port == 8181
+    (dashboard,) = settings.proxy.upstreams  # the demo dashboard, behind the reverse proxy
+    assert dashboard.url.startswith("http://127.0.0.1:")
 
     checked = run("check", "--config", str(config))
     assert checked.code == 0, checked.err
