@@ -250,21 +250,40 @@ class _Connection:
             raise _Refused("400 Bad Request", str(exc)) from None
         return len(data)
 
-    def next_request(self) -> _Request | None:
+    def next_request(self, first: bool) -> _Request | None:
         """The next request's head: idle for up to ``keepalive`` seconds, then
-        the whole head within ``keepalive`` seconds of its first byte."""
+        the whole head within ``keepalive`` seconds of its first byte.
+
+        Fairness: a keep-alive request that is already there when the previous
+        answer has gone (pipelined, or sent on a busy pooled connection) waits
+        its turn behind the other connections first (``pause``); one that had
+        to be waited for has let them run already."""
         if self.ready:
+            if not first:
+                self.server.pause()
             return self.ready.popleft()
         if self.eof or self.upgraded:
             return None
         sock = self.sock
-        sock.settimeout(self.server.keepalive)
-        try:
-            received = self.fill()
-        except TimeoutError:
-            return None  # idle keep-alive connection: closed quietly
+        received = 0
+        if not first:
+            sock.settimeout(0.0)
+            try:
+                received = self.fill()
+            except BlockingIOError:
+                pass
+            else:
+                if not received:
+                    return None
+                self.server.pause()
         if not received:
-            return None
+            sock.settimeout(self.server.keepalive)
+            try:
+                received = self.fill()
+            except TimeoutError:
+                return None  # idle keep-alive connection: closed quietly
+            if not received:
+                return None
         deadline = time.monotonic() + self.server.keepalive
         while not self.ready:
             if received > self.limits.head:
@@ -284,10 +303,11 @@ class _Connection:
 
     # -- the connection --------------------------------------------------------------
     def run(self) -> None:
+        first = True
         try:
             while True:
                 try:
-                    req = self.next_request()
+                    req = self.next_request(first)
                 except _Refused as exc:
                     self.refuse(exc)
                     return
@@ -295,7 +315,7 @@ class _Connection:
                     return
                 if not self.handle(req):
                     return
-                self.server.pause()
+                first = False
         except OSError:
             pass  # the client went away
         finally:

@@ -613,3 +613,21 @@ def test_a_short_body_is_not_spliced() -> None:
         assert handed[0].ended == []  # iterated, not spliced
     finally:
         s.close()
+
+
+def test_a_request_already_waiting_yields_to_other_connections_first(server: Server) -> None:
+    """Fairness: a keep-alive request already there when the previous answer has
+    gone waits behind the other connections (``pause``); one the server had to
+    wait for does not pause again."""
+    pauses: list[int] = []
+    server.server.pause = lambda: pauses.append(1)
+    sock = server.connect()
+    sock.sendall(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+    buf = bytearray()
+    read_response(sock, buf)
+    read_response(sock, buf)
+    assert len(pauses) == 1  # the pipelined second request
+    time.sleep(0.2)  # the server is now waiting for the next request
+    sock.sendall(b"GET /3 HTTP/1.1\r\nHost: a\r\n\r\n")
+    read_response(sock, buf)
+    assert len(pauses) == 1
