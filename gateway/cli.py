@@ -65,8 +65,9 @@ def _parser() -> argparse.ArgumentParser:
         help="run the gateway under gunicorn (listen.worker_class, default gevent)",
         description="Check the policies and users file, then run the gateway under gunicorn "
         "with the listen.* settings (default: 2 gevent workers, whose HTTP/1.1 connections "
-        "are parsed by llhttp and served by the gateway itself, yielding between keep-alive "
-        "requests). The gunicornc control socket is data_dir/gunicorn.ctl.",
+        "are parsed by llhttp and served by the gateway itself; a keep-alive request already "
+        "waiting queues behind the other connections). The gunicornc control socket is "
+        "data_dir/gunicorn.ctl.",
     )
     p.add_argument("--bind", help="HOST:PORT to listen on (default: listen.host:listen.port)")
     p.add_argument("--workers", type=int, help="worker processes (default: listen.workers)")

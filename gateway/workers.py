@@ -6,12 +6,13 @@ requests are parsed by llhttp and served by :mod:`gateway.http_server`, which
 costs a fraction of gunicorn's Python parser on the reverse-proxy path.  (With
 TLS configured in gunicorn itself, gunicorn's handler serves instead.)
 
-It yields to the other connections after every request.  The stock worker serves the next
-request of a keep-alive connection without yielding whenever it has already
-arrived, so with nginx's pooled keep-alive connections a few connections can
-monopolise a worker while the others wait: measured here with wrk (20
-connections, 2 workers), p99 fell from ~590 ms to ~30 ms for a bare Flask view,
-at a few per cent of throughput.
+A keep-alive request that has already arrived when the previous answer has
+gone waits its turn behind the other connections (under gunicorn's own handler:
+every request yields).  The stock worker serves such a request at once, so with
+nginx's pooled keep-alive connections a few connections can monopolise a worker
+while the others wait: measured here with wrk (20 connections, 2 workers), p99
+fell from ~590 ms to ~30 ms for a bare Flask view, at a few per cent of
+throughput.
 
 It also closes connections the app has taken over (WebSockets relayed by the
 reverse proxy, :data:`gateway.views.proxy.TAKEN_OVER`).
