@@ -326,6 +326,7 @@ class _Connection:
 
     def refuse(self, exc: _Refused) -> None:
         log.debug("refused a request from %s: %s", self.remote[0], exc)
+        self.sock.settimeout(self.server.keepalive)  # it may have been polled without waiting
         body = f"{exc.status}\n".encode("latin-1")
         head = (
             f"HTTP/1.1 {exc.status}\r\nDate: {self.server.date()}\r\n"
