@@ -390,7 +390,12 @@ class _Connection:
         waits = self.server.waits
         if source is None or waits is None or not response.status:
             return False
-        if not any(name.lower() == "content-length" for name, _ in response.headers):
+        for name, value in response.headers:
+            if name.lower() == "content-length":
+                if not value.isdigit() or int(value) < SPLICE_MIN:
+                    return False  # short answers are written as they are
+                break
+        else:
             return False
         head = response.prepare_head()
         length = response.length

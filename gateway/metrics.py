@@ -126,6 +126,7 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=reg,
         )
+        self._latency_children: dict[str, Any] = {}
         self.store_errors = Counter(
             "sso_gateway_store_errors",
             "Session store failures (the request failed closed)",
@@ -162,11 +163,19 @@ class Metrics:
                 self.revocations.labels(_REVOKING_EVENTS[str(event)]).inc(n)
 
     def observe(self, endpoint: str, seconds: float) -> None:
-        self.latency.labels(endpoint).observe(seconds)
+        self._latency_of(endpoint).observe(seconds)
 
     def decision(self, outcome: str, route: str | None, seconds: float) -> None:
         self.decisions.labels(outcome, route or "none").inc()
-        self.latency.labels("auth").observe(seconds)
+        self._latency_of("auth").observe(seconds)
+
+    def _latency_of(self, endpoint: str) -> Any:
+        """The histogram child of one endpoint, looked up once (``labels`` takes
+        a lock and builds its key on every call; this runs on every request)."""
+        child = self._latency_children.get(endpoint)
+        if child is None:
+            child = self._latency_children[endpoint] = self.latency.labels(endpoint)
+        return child
 
     # -- exposition -----------------------------------------------------------------
     def render(self) -> bytes:

@@ -725,7 +725,8 @@ class _Relay:
         self.audit_fields = audit_fields
         self.streams = streams
         self.handle: StreamHandle | None = None
-        if owner is not None:
+        if owner is not None and not resp.complete:
+            # (an answer read whole with its head - most are - has nothing left to cut)
             self.handle = streams.open(owner[0], owner[1], "stream", upstream, self._cut)
 
     def _cut(self) -> None:
@@ -910,9 +911,10 @@ def _same_origin(origin: str, host: str) -> bool:
 
 
 def _is_upgrade(environ: dict[str, Any]) -> bool:
-    return "upgrade" in _connection_tokens([environ.get("HTTP_CONNECTION", "")]) or bool(
-        environ.get("HTTP_UPGRADE")
-    )
+    if environ.get("HTTP_UPGRADE"):
+        return True
+    connection: str = environ.get("HTTP_CONNECTION") or ""
+    return bool(connection) and "upgrade" in _connection_tokens([connection])
 
 
 def _connection_tokens(values: Iterable[str]) -> frozenset[str]:
