@@ -60,6 +60,11 @@ _STATUS = re.compile(r"[1-5][0-9][0-9] [^\r\n\0]*\Z")
 
 
 Waits = tuple[Callable[..., Any], Callable[..., Any]]
+# a request body the app left unread is read and dropped up to this size (and
+# this long), so that the connection can carry the next request; a longer one
+# is answered with Connection: close
+DRAIN_LIMIT = 64 * 1024
+DRAIN_SECONDS = 2.0
 SPLICE_MIN = 1024 * 1024  # bodies from this size move by splice(2) when they can
 PIPE_SIZE = 1024 * 1024  # the splice pipe's capacity (Linux's default maximum)
 
@@ -93,11 +98,11 @@ class _Request:
     __slots__ = (
         "body",
         "complete",
+        "declared",
         "expect_continue",
         "headers",
         "keep_alive",
         "method",
-        "size",
         "upgrade",
         "url",
         "version",
@@ -106,7 +111,7 @@ class _Request:
     def __init__(self) -> None:
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.size = 0
+        self.declared: int | None = None  # Content-Length; None for chunked or none
         self.method = "GET"
         self.version = "1.1"
         self.keep_alive = False
@@ -183,7 +188,7 @@ class _Connection:
         self.eof = False
         self.upgraded = False
         self.after_upgrade = b""
-        self.refusal: _Refused | None = None
+        self.unread = False  # a request body is left unread: close gently
 
     # -- llhttp callbacks ------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -319,13 +324,31 @@ class _Connection:
         except OSError:
             pass  # the client went away
         finally:
+            if self.unread:
+                self.linger()
             try:
                 self.sock.close()
             except OSError:
                 pass
 
+    def linger(self) -> None:
+        """Close after an answer while the client may still be sending a body:
+        stop writing, then read and drop for a moment, so that the close does not
+        become a reset that destroys the answer on its way (nginx's
+        lingering_close)."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + DRAIN_SECONDS
+            while (left := deadline - time.monotonic()) > 0:
+                self.sock.settimeout(left)
+                if not self.sock.recv(RECV):
+                    return
+        except OSError:
+            pass
+
     def refuse(self, exc: _Refused) -> None:
         log.debug("refused a request from %s: %s", self.remote[0], exc)
+        self.unread = True  # whatever else the client sent is dropped with a lingering close
         self.sock.settimeout(self.server.keepalive)  # it may have been polled without waiting
         body = f"{exc.status}\n".encode("latin-1")
         head = (
@@ -375,11 +398,37 @@ class _Connection:
                     close()
                 except Exception:
                     log.exception("closing a response failed")
+        if not req.complete and not self.drain(req):
+            self.unread = True
+            return False
         if response.must_close or not req.keep_alive or not self.server.alive():
             return False
-        if self.upgraded or not req.complete:
-            return False  # an unread body (or an upgrade) ends the connection
-        return True
+        return not self.upgraded  # an upgrade not taken over ends the connection
+
+    def drain(self, req: _Request) -> bool:
+        """Read and drop what the app left of a request body, so that the
+        connection can carry the next request; False when it is longer than
+        DRAIN_LIMIT or slower than DRAIN_SECONDS (the connection then ends)."""
+        if self.upgraded:
+            return False
+        dropped = 0
+        deadline = time.monotonic() + DRAIN_SECONDS
+        try:
+            while True:
+                while req.body:
+                    dropped += len(req.body.popleft())
+                if req.complete:
+                    return True
+                left = deadline - time.monotonic()
+                if dropped > DRAIN_LIMIT or left <= 0:
+                    return False
+                self.sock.settimeout(left)
+                if not self.fill():
+                    return False
+        except (OSError, _Refused):
+            return False
+        finally:
+            self.sock.settimeout(self.server.keepalive)
 
     def spliced(self, response: _Response, result: Any) -> bool:
         """Send a long body the app hands over as a connection (the reverse
@@ -460,6 +509,7 @@ class _Connection:
                 key = "CONTENT_TYPE"
             elif name == "CONTENT-LENGTH":
                 key = "CONTENT_LENGTH"
+                req.declared = int(value)  # llhttp has checked it: digits, only one
             else:
                 key = "HTTP_" + name.replace("-", "_")
                 if name == "EXPECT":
@@ -601,6 +651,8 @@ class _Response:
             lines.append("Transfer-Encoding: chunked\r\n")
         else:
             self.must_close = True
+        if not req.complete and (req.declared is None or req.declared > DRAIN_LIMIT):
+            self.must_close = True  # a body left unread, too long to read and drop
         closing = self.must_close or not req.keep_alive or not conn.server.alive()
         if closing:
             self.must_close = True

@@ -631,3 +631,44 @@ def test_a_request_already_waiting_yields_to_other_connections_first(server: Ser
     sock.sendall(b"GET /3 HTTP/1.1\r\nHost: a\r\n\r\n")
     read_response(sock, buf)
     assert len(pauses) == 1
+
+
+def _ignores_the_body(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("502 Bad Gateway", [("Content-Length", "4")])
+    return [b"nope"]
+
+
+def test_a_short_unread_body_is_dropped_and_the_connection_carries_on() -> None:
+    """The app answered without reading the body (the proxy's upstream was down),
+    and the body arrived after the head: it is read and dropped, and the next
+    request on the connection is served - never a reset."""
+    s = Server(_ignores_the_body)
+    try:
+        sock = s.connect()
+        sock.sendall(b"POST /doorlog/export HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n")
+        time.sleep(0.1)
+        sock.sendall(b"hello")
+        status, headers, _ = read_response(sock)
+        assert status == 502 and "connection" not in headers
+        sock.sendall(b"GET /.sso/healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert read_response(sock)[0] == 502  # the same app: served, not reset
+        assert s.served == 2
+    finally:
+        s.close()
+
+
+def test_a_long_unread_body_gets_connection_close_and_the_answer_arrives_whole() -> None:
+    s = Server(_ignores_the_body)
+    try:
+        sock = s.connect()
+        sock.sendall(b"PUT /fw HTTP/1.1\r\nHost: a\r\nContent-Length: 10000000\r\n\r\n")
+        sock.sendall(b"x" * 200_000)  # more is on its way when the answer comes
+        status, headers, body = read_response(sock)
+        assert (status, headers["connection"], body) == (502, "close", b"nope")
+        try:
+            sock.sendall(b"x" * 200_000)  # the client still sending: dropped, not reset
+        except OSError:
+            pass
+        assert closed(sock)
+    finally:
+        s.close()
