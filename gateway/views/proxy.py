@@ -468,7 +468,9 @@ class ProxyApp:
             "client_ip": info.client_ip,
         }
         origin = environ.get("HTTP_ORIGIN")
-        if origin is not None and not _same_origin(origin, req.host):
+        # the public host: what a trusted front proxy says (X-Forwarded-Host, with
+        # proxy.trusted_hops), else this request's own Host
+        if origin is not None and not _same_origin(origin, call.forwarded.host):
             # a page on another site opening a WebSocket with the person's cookie
             # (cross-site WebSocket hijacking): browsers always send Origin
             svc.audit.emit(

@@ -166,6 +166,29 @@ def test_cross_site_websockets_are_refused(gateway: GatewayProcess) -> None:
         assert json.loads(conn.recv(timeout=10))["path"] == "/events/live"
 
 
+def test_origin_is_checked_against_the_public_host_behind_a_trusted_proxy(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    upstreams: tuple[WebSocketUpstream, ProxyUpstream],
+) -> None:
+    """Behind a front proxy that rewrites Host (trusted, proxy.trusted_hops: 1),
+    the browser's Origin names the public host, which the proxy passes on in
+    X-Forwarded-Host: that one is compared, and another site is still refused."""
+    settings = _proxy_settings(*upstreams)
+    settings["proxy"]["trusted_hops"] = 1
+    behind = start_gateway(request, tmp_path / "behind", users=(ALICE,), settings=settings)
+    client = _signed_in(behind, ALICE)
+    public = {"X-Forwarded-Host": "doors.example", "X-Forwarded-Proto": "https"}
+    with _ws(behind, "/events/live", client, Origin="https://doors.example", **public) as conn:
+        assert json.loads(conn.recv(timeout=10))["path"] == "/events/live"
+    with pytest.raises(InvalidStatus) as refused:
+        _ws(behind, "/events/live", client, Origin="https://evil.example", **public)
+    assert refused.value.response.status_code == 403
+    with pytest.raises(InvalidStatus) as own_host:  # the rewritten Host is not the origin
+        _ws(behind, "/events/live", client, Origin=f"http://127.0.0.1:{behind.port}", **public)
+    assert own_host.value.response.status_code == 403
+
+
 def test_websocket_upgrade_needs_a_session_and_the_tier(gateway: GatewayProcess) -> None:
     with pytest.raises(InvalidStatus) as anonymous:
         _ws(gateway, "/events/live", None)
