@@ -103,7 +103,6 @@ class _Request:
         "headers",
         "keep_alive",
         "method",
-        "upgrade",
         "url",
         "version",
     )
@@ -115,7 +114,6 @@ class _Request:
         self.method = "GET"
         self.version = "1.1"
         self.keep_alive = False
-        self.upgrade = False
         self.expect_continue = False
         self.body: deque[bytes] = deque()
         self.complete = False
@@ -217,7 +215,6 @@ class _Connection:
         req.version = parser.get_http_version()
         req.method = parser.get_method().decode("ascii")
         req.keep_alive = parser.should_keep_alive()
-        req.upgrade = parser.should_upgrade()
         self.ready.append(req)
 
     def on_body(self, body: bytes) -> None:
@@ -439,14 +436,7 @@ class _Connection:
         waits = self.server.waits
         if source is None or waits is None or not response.status:
             return False
-        for name, value in response.headers:
-            if name.lower() == "content-length":
-                if not value.isdigit() or int(value) < SPLICE_MIN:
-                    return False  # short answers are written as they are
-                break
-        else:
-            return False
-        head = response.prepare_head()
+        head = response.prepare_head()  # framed now either way: the first write sends it
         length = response.length
         if length is None or response.bodyless or length < SPLICE_MIN:
             return False
