@@ -544,11 +544,12 @@ class _EchoHandler(BaseHTTPRequestHandler):
         return
 
 
-class EchoUpstream:
-    """The dashboard behind nginx: answers 200 with what it received, as JSON."""
+class RecordingUpstream:
+    """A ThreadingHTTPServer whose handler records what it received (``seen``,
+    under ``lock``), served from a thread: the shared part of the tests' upstreams."""
 
-    def __init__(self) -> None:
-        self._server = _EchoServer()
+    def __init__(self, server: Any) -> None:
+        self._server = server
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -557,10 +558,6 @@ class EchoUpstream:
     def port(self) -> int:
         port: int = self._server.server_address[1]
         return port
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
     @property
     def seen(self) -> list[SeenRequest]:
@@ -578,6 +575,17 @@ class EchoUpstream:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+class EchoUpstream(RecordingUpstream):
+    """The dashboard behind nginx: answers 200 with what it received, as JSON."""
+
+    def __init__(self) -> None:
+        super().__init__(_EchoServer())
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
 
 
 # -- HTTP helpers -----------------------------------------------------------------

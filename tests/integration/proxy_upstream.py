@@ -32,7 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.integration.conftest import SeenRequest
+from tests.integration.conftest import RecordingUpstream, SeenRequest
 
 STALLED_SIZE = 64 * 1024 * 1024  # /stalled: Content-Length of a download that stalls
 BLOCK = b"\xa5" * (256 * 1024)
@@ -289,17 +289,9 @@ class _Handler(BaseHTTPRequestHandler):
         return
 
 
-class ProxyUpstream:
+class ProxyUpstream(RecordingUpstream):
     def __init__(self, tls: ssl.SSLContext | None = None, login: DeviceLogin | None = None) -> None:
-        self._server = _Server(tls, login)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-
-    @property
-    def port(self) -> int:
-        port: int = self._server.server_address[1]
-        return port
+        super().__init__(_Server(tls, login))
 
     @property
     def url(self) -> str:
@@ -308,26 +300,16 @@ class ProxyUpstream:
 
     @property
     def release(self) -> threading.Event:
-        return self._server.release
-
-    @property
-    def seen(self) -> list[SeenRequest]:
-        with self._server.lock:
-            return list(self._server.seen)
+        release: threading.Event = self._server.release
+        return release
 
     def reset(self) -> None:
-        with self._server.lock:
-            self._server.seen.clear()
+        super().reset()
         self._server.release.clear()
 
-    def start(self) -> None:
-        self._thread.start()
-
     def stop(self) -> None:
-        self._server.release.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._server.release.set()  # no handler left waiting for it
+        super().stop()
 
 
 class WebSocketUpstream:
