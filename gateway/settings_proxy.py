@@ -93,6 +93,9 @@ class UpstreamSettings(_Model):
     # the upstream's own cookies, expired on /.sso/logout
     logout_cookies: tuple[str, ...] = ()
     pool_size: int = Field(default=64, ge=1, le=1000)
+    # old device firmware: accept bare-LF line ends, folded header values and
+    # spaces before the colon in its answers; one connection per request
+    legacy_http: bool = False
     # answer the device's Basic/Digest challenge for authorised people
     device_login: DeviceLoginSettings | None = None
 

@@ -27,7 +27,15 @@ does itself is the bookkeeping around them:
   byte of the answer arrived, such a request is sent once more on a new
   connection - never a POST, which might open a door twice;
 * timeouts: ``connect_timeout`` for connecting and the TLS handshake,
-  ``read_timeout`` for every read and write.
+  ``read_timeout`` for every read and write;
+* legacy devices (``legacy=True``): answers whose head lines end in a bare LF,
+  fold header values over several lines or put spaces before a colon - as old
+  intercom and PBX firmware does - are read with llhttp's leniencies for
+  exactly those; every field is then cleaned (name trimmed and a token, value
+  without control characters, else dropped) and such a connection is never
+  reused (``Connection: close`` is sent and the socket closed after the
+  answer), so a misread answer can never shift the next request's answer onto
+  someone else.
 
 Sockets are plain ``socket`` sockets: under gunicorn's gevent worker they are
 gevent's (monkey-patched), so every blocking call yields to other greenlets.
@@ -90,6 +98,12 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _NAMES = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?:\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+)*\Z")
 _TARGET = re.compile(r"[!-~]+\Z")
 _BAD_VALUE = re.compile(r"[\r\n\x00]")
+# what a legacy device's header value may hold after llhttp's lenient reading:
+# visible characters, spaces and tabs (obs-text included), no other controls
+_LEGACY_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# llhttp leniencies for legacy=True: bare-LF head lines, folded values, spaces
+# before the colon; chunk framing and Content-Length stay strict
+_LEGACY_LENIENCIES = {"lenient_optional_cr_before_lf": True, "lenient_headers": True}
 
 
 # -- errors --------------------------------------------------------------------------
@@ -222,6 +236,7 @@ class _Message:
         "interim",
         "junk",
         "keep_alive",
+        "legacy",
         "parser",
         "reason",
         "size",
@@ -229,8 +244,9 @@ class _Message:
         "version",
     )
 
-    def __init__(self, head_request: bool) -> None:
+    def __init__(self, head_request: bool, legacy: bool = False) -> None:
         self.head_request = head_request
+        self.legacy = legacy  # lenient reading: every field is cleaned in on_header
         # only until the final head is parsed (then the cycle parser <-> message ends)
         self.parser: httptools.HttpResponseParser | None = None
         self.status = 0
@@ -265,8 +281,14 @@ class _Message:
             raise UpstreamProtocolError(f"the answer has more than {MAX_HEADERS} header fields")
         if self.size > MAX_HEAD:
             raise UpstreamProtocolError("the answer's head is larger than 64 KiB")
-        if not self.headers_done:  # after it: a chunked body's trailer fields, dropped
-            self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        if self.headers_done:  # a chunked body's trailer fields: dropped
+            return
+        text, data = name.decode("latin-1"), value.decode("latin-1")
+        if self.legacy:
+            text, data = text.strip(), data.strip(" \t")
+            if not _TOKEN.match(text) or _LEGACY_BAD_VALUE.search(data):
+                return  # a field that cannot be passed on safely is left out
+        self.headers.append((text, data))
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -318,11 +340,15 @@ class UpstreamResponse:
 
     __slots__ = ("_cut", "_msg", "_parser", "_pool", "_received", "_rest", "_sock")
 
-    def __init__(self, sock: socket.socket, method: str, pool: UpstreamPool | None) -> None:
+    def __init__(
+        self, sock: socket.socket, method: str, pool: UpstreamPool | None, *, legacy: bool = False
+    ) -> None:
         self._sock: socket.socket | None = sock
         self._pool = pool
-        self._msg = msg = _Message(method == "HEAD")
+        self._msg = msg = _Message(method == "HEAD", legacy)
         self._parser = msg.parser = httptools.HttpResponseParser(msg)
+        if legacy:
+            self._parser.set_dangerous_leniencies(**_LEGACY_LENIENCIES)
         self._received = 0  # bytes of the answer read off the socket
         self._rest: bytes | None = None  # after a 101: bytes already read past the head
         self._cut = False
@@ -533,8 +559,11 @@ class UpstreamPool:
         connect_timeout: float,
         read_timeout: float,
         maxsize: int,
+        legacy: bool = False,
     ) -> None:
         self.address = address
+        # an old device's HTTP: read leniently, one connection per request
+        self.legacy = legacy
         self.tls = tls
         self.server_hostname = server_hostname or address[0]
         self.connect_timeout = connect_timeout
@@ -576,12 +605,14 @@ class UpstreamPool:
         read.  An iterable body is sent piece by piece as it is read."""
         if chunked:
             headers = [*headers, ("Transfer-Encoding", "chunked")]
+        if self.legacy:
+            headers = [*headers, ("Connection", "close")]
         head = encode_head(method, target, headers)
         # a request that may go twice: idempotent, with a body that can be resent
         retryable = method in IDEMPOTENT and (body is None or isinstance(body, bytes))
         sock, reused = self._checkout(retryable)
         while True:
-            resp = UpstreamResponse(sock, method, self)
+            resp = UpstreamResponse(sock, method, self, legacy=self.legacy)
             try:
                 self._exchange(resp, sock, head, body, chunked)
                 if resp.status == 101:
@@ -603,7 +634,7 @@ class UpstreamPool:
         any other answer is read and closed as usual."""
         head = encode_head("GET", target, headers)
         sock = self.connect_raw()
-        resp = UpstreamResponse(sock, "GET", None)
+        resp = UpstreamResponse(sock, "GET", None, legacy=self.legacy)
         try:
             self._exchange(resp, sock, head, None, False)
             if resp.status == 101 and resp._rest is None:
@@ -693,7 +724,7 @@ class UpstreamPool:
         return self.connect_raw(), False
 
     def _checkin(self, sock: socket.socket) -> None:
-        if self._closed or len(self._idle) >= self.maxsize:
+        if self._closed or self.legacy or len(self._idle) >= self.maxsize:
             sock.close()
         else:
             self._idle.append((sock, time.monotonic()))

@@ -137,6 +137,7 @@ def _build(cfg: UpstreamSettings, resolve_path: Callable[[Path], Path]) -> Upstr
         connect_timeout=cfg.connect_timeout,
         read_timeout=cfg.read_timeout,
         maxsize=cfg.pool_size,
+        legacy=cfg.legacy_http,
     )
     prefix = cfg.match.path_prefix.rstrip("/")
     base = (parts.path or "").rstrip("/")

@@ -72,6 +72,44 @@ SPOOFED: tuple[tuple[str, str], ...] = (
 
 MB = 1024 * 1024
 
+# what an old door panel's embedded web server answers: bare-LF line ends and a
+# folded header value, closing after each answer
+OLD_FIRMWARE_ANSWER = (
+    b"HTTP/1.0 200 OK\nServer: door-panel/2.1\nX-Door-State: locked,\n  armed\n"
+    b"Content-Type: text/html\nContent-Length: 17\n\n<p>door panel</p>"
+)
+
+
+class OldFirmwareDevice:
+    """A device that answers every request with OLD_FIRMWARE_ANSWER and records
+    the request heads it got."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.heads: list[bytes] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            with sock:
+                sock.settimeout(5)
+                data = b""
+                try:
+                    while b"\r\n\r\n" not in data and (chunk := sock.recv(65536)):
+                        data += chunk
+                    self.heads.append(data.partition(b"\r\n\r\n")[0])
+                    sock.sendall(OLD_FIRMWARE_ANSWER)
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        self.listener.close()
+
 
 @dataclass
 class Stack:
@@ -80,6 +118,7 @@ class Stack:
     client: requests.Session  # signed in as alice (operator)
     basic: ProxyUpstream  # devices with one local admin account
     digest: ProxyUpstream
+    old_firmware: OldFirmwareDevice
 
     def url(self, path: str) -> str:
         return self.gateway.url + path
@@ -107,6 +146,8 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         device_server.start()
         request.addfinalizer(device_server.stop)
     bridged = {"username": "admin", "password": {"file": str(secret)}}
+    old_firmware = OldFirmwareDevice()
+    request.addfinalizer(old_firmware.stop)
     dead_port = free_port()  # nobody listens here
     hosts = ["127.0.0.1", "localhost"]
     settings: dict[str, Any] = {
@@ -186,6 +227,17 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
                     },
                 },
                 {
+                    "name": "panel-strict",
+                    "match": {"hosts": hosts, "path_prefix": "/panel-strict"},
+                    "url": old_firmware.url,
+                },
+                {
+                    "name": "panel",
+                    "match": {"hosts": hosts, "path_prefix": "/panel"},
+                    "url": old_firmware.url,
+                    "legacy_http": True,
+                },
+                {
                     "name": "door-log",
                     "match": {"hosts": hosts, "path_prefix": "/doorlog"},
                     "url": f"http://127.0.0.1:{dead_port}",
@@ -199,7 +251,7 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     request.addfinalizer(client.close)  # before the gateway stops: no idle keep-alive left
     answer = submit_login(client, gateway.url, ALICE)
     assert answer.status_code == 303, answer.text
-    return Stack(gateway, upstream, client, basic, digest)
+    return Stack(gateway, upstream, client, basic, digest, old_firmware)
 
 
 @pytest.fixture
@@ -489,6 +541,21 @@ def test_unreachable_upstream_is_502_page_and_audited(proxied: Stack) -> None:
     assert error["reason"] == "connect"
     assert proxied.gateway.audit_events("proxy_action")[-1]["status"] == 502
     assert proxied.client.get(proxied.url("/.sso/healthz"), timeout=10).status_code == 200
+
+
+def test_old_firmware_is_502_unless_the_upstream_is_legacy_http(proxied: Stack) -> None:
+    strict = proxied.client.get(proxied.url("/panel-strict/status"), timeout=10)
+    assert strict.status_code == 502
+    error = proxied.gateway.audit_events("upstream_error")[-1]
+    assert error["upstream"] == "panel-strict" and error["reason"] == "protocol"
+    for _ in range(2):
+        resp = proxied.client.get(proxied.url("/panel/status"), timeout=10)
+        assert resp.status_code == 200, resp.text[:300]
+        assert resp.text == "<p>door panel</p>"
+        assert resp.headers["X-Door-State"].split() == ["locked,", "armed"]  # unfolded
+    # one connection per request, and the device is told so
+    assert proxied.old_firmware.heads[-1].startswith(b"GET /panel/status HTTP/1.1\r\n")
+    assert b"\r\nConnection: close" in proxied.old_firmware.heads[-1]
 
 
 def test_slow_upstream_is_504(proxied: Stack) -> None:

@@ -780,3 +780,94 @@ def test_the_host_name_is_checked(serve: Callable[..., Peer], pki: Pki) -> None:
     pool = peer.pool(tls=_client_tls(pki.ca), server_hostname="door.example")
     with pytest.raises(UpstreamTLSError):
         pool.request("GET", "/", GET)
+
+
+# -- legacy devices (proxy.upstreams[].legacy_http) ---------------------------------
+
+LEGACY_ANSWERS = {
+    "bare LF": b"HTTP/1.1 200 OK\nContent-Length: 2\nX-Door: 1\n\nok",
+    "folded value": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Door: 1\r\n  2\r\n\r\nok",
+    "space before the colon": b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\nX-Door: 1\r\n\r\nok",
+}
+
+
+@pytest.mark.parametrize("answer", LEGACY_ANSWERS.values(), ids=LEGACY_ANSWERS.keys())
+def test_old_firmware_answers_are_refused_unless_the_upstream_is_legacy(
+    serve: Callable[..., Peer], answer: bytes
+) -> None:
+    strict = serve(keep_answering(answer)).pool()
+    with pytest.raises(UpstreamProtocolError):
+        strict.request("GET", "/", GET)
+    peer = serve(keep_answering(answer))
+    pool = peer.pool(legacy=True)
+    for _ in range(2):
+        resp = pool.request("GET", "/", GET)
+        assert resp.status == 200
+        assert resp.getlist("Content-Length") == ["2"]  # trimmed: "Content-Length " is not passed
+        assert resp.getlist("X-Door")[0].startswith("1")
+        assert body(resp.read1) == b"ok"
+        resp.release()
+    # never kept alive: a lenient read must not be able to shift answers between requests
+    assert peer.connections == 2
+    assert pool.idle == 0
+    assert all(b"\r\nConnection: close\r\n" in raw for raw in peer.requests)
+
+
+def test_a_legacy_answer_without_length_ends_with_the_connection(
+    serve: Callable[..., Peer],
+) -> None:
+    def script(conn: Conn) -> None:
+        conn.request()
+        conn.send(b"HTTP/1.0 200 OK\nServer: door-panel\n\nfirmware page")
+
+    resp = serve(script).pool(legacy=True).request("GET", "/", GET)
+    assert resp.headers == [("Server", "door-panel")]
+    assert body(resp.read1) == b"firmware page"
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        b"X-Bad: a\x00b",  # NUL in a value
+        b"X-Bad: a\x1bb",  # another control character
+        b"X-Bad: a\x7fb",
+    ],
+)
+def test_legacy_fields_that_cannot_be_passed_on_safely_are_dropped(
+    serve: Callable[..., Peer], field: bytes
+) -> None:
+    answer = b"HTTP/1.1 200 OK\nContent-Length: 2\n" + field + b"\nX-Good: yes\n\nok"
+    resp = serve(keep_answering(answer)).pool(legacy=True).request("GET", "/", GET)
+    assert [name for name, _ in resp.headers] == ["Content-Length", "X-Good"]
+    assert body(resp.read1) == b"ok"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        # leniency covers head lines only: framing stays strict
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok!",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\nok\n0\n\n",
+        b"HTTP/1.1 200 OK\r\nX-Bad: a\rb\r\nContent-Length: 2\r\n\r\nok",  # bare CR
+        b"HTTP/1.1 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\nX Bad: a\nContent-Length: 2\n\nok",  # a name that is no token
+        b"HTTP/1.1 200 OK\nX-Bad\x7f: a\nContent-Length: 2\n\nok",
+    ],
+    ids=[
+        "two lengths",
+        "length and chunked",
+        "bare-LF chunks",
+        "bare CR",
+        "no status",
+        "space in a name",
+        "DEL in a name",
+    ],
+)
+def test_legacy_reading_keeps_framing_and_names_strict(
+    serve: Callable[..., Peer], answer: bytes
+) -> None:
+    pool = serve(keep_answering(answer)).pool(legacy=True)
+    with pytest.raises(UpstreamProtocolError):
+        resp = pool.request("GET", "/", GET)
+        body(resp.read1)

@@ -65,6 +65,18 @@ def test_a_full_upstream_loads(tmp_path: Path) -> None:
     [upstream] = settings.proxy.upstreams
     assert upstream.match.strip_prefix and upstream.preserve_host
     assert upstream.logout_cookies == ("JSESSIONID", "PHPSESSID")
+    assert not upstream.legacy_http
+    selected = UpstreamTable(settings.proxy).select("pbx.example", "/admin")
+    assert selected is not None and not selected.pool.legacy
+
+
+def test_legacy_http_reaches_the_pool(tmp_path: Path) -> None:
+    settings = _load(tmp_path, {"upstreams": [_upstream(legacy_http=True)]})
+    [upstream] = settings.proxy.upstreams
+    assert upstream.legacy_http
+    [host] = upstream.match.hosts
+    selected = UpstreamTable(settings.proxy).select(host, "/")
+    assert selected is not None and selected.pool.legacy
 
 
 @pytest.mark.parametrize(
