@@ -11,7 +11,7 @@ NODE_STAMP := $(OP_DIR)/node_modules/.installed
 SYSTEM_PACKAGES := redis-server nginx-light libnginx-mod-http-set-misc chromium wrk nodejs npm xmlsec1 \
                    samba-ad-dc samba-ad-provision
 # only `make bench` needs these: the established C implementation it compares against
-BENCH_PACKAGES := apache2 libapache2-mod-auth-openidc
+BENCH_PACKAGES := apache2 libapache2-mod-auth-openidc haproxy
 
 .PHONY: demo test lint typecheck layers unit bench sysdeps benchdeps venv clean
 
@@ -37,6 +37,7 @@ bench: sysdeps benchdeps $(STAMP) $(NODE_STAMP)
 	$(BIN)/python bench/oidc.py
 	$(BIN)/python bench/saml.py
 	$(BIN)/python bench/proxy.py
+	$(BIN)/python bench/proxy_streams.py
 
 venv: $(STAMP)
 
