@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from gateway.core.errors import ConfigError, Problem, key_path
 from gateway.core.network import parse_networks
+from gateway.files import STANDARD_STREAMS
 from gateway.settings_ldap import LdapProviderSettings
 from gateway.settings_oidc import OidcSettings
 from gateway.settings_proxy import ProxySettings, proxy_problems
@@ -236,12 +237,16 @@ class Settings(_Model):
             return value
         return Path(self.source).resolve().parent / value
 
+    def resolve_destination(self, destination: str) -> str:
+        """A log destination: ``stdout``, ``stderr``, or a file path resolved
+        like every other path (see gateway.files.open_destination)."""
+        if destination in STANDARD_STREAMS:
+            return destination
+        return str(self.resolve_path(Path(destination)))
+
     @property
     def audit_destination(self) -> str:
-        dest = self.audit.destination
-        if dest in ("stderr", "stdout"):
-            return dest
-        return str(self.resolve_path(Path(dest)))
+        return self.resolve_destination(self.audit.destination)
 
     @property
     def sessions_dir(self) -> Path:
