@@ -66,8 +66,8 @@ def note(
     environ: dict[str, Any],
     identity: Identity | None,
     tier: str | None,
-    upstream: str | None,
     client_ip: str | None,
+    upstream: str | None = None,
 ) -> None:
     """Tell the access log whom the app decided about (the app, after deciding)."""
     environ[USER] = identity.subject if identity is not None else None

@@ -68,13 +68,7 @@ def held() -> tuple[AccessLog, io.StringIO]:
 def test_a_line_has_the_request_the_answer_and_the_person() -> None:
     log, stream = held()
     env = environ()
-    note(
-        env,
-        Identity(subject="alice", provider="local"),
-        "operator",
-        "intercom",
-        "203.0.113.9",
-    )
+    note(env, Identity(subject="alice", provider="local"), "operator", "203.0.113.9", "intercom")
     log.answered(env, 200, 1234, time.perf_counter() - 0.25)
     log.flush()
     (line,) = lines(stream.getvalue())
@@ -109,7 +103,7 @@ def test_the_time_is_when_the_request_began_in_utc() -> None:
 def test_what_the_app_did_not_decide_is_left_out() -> None:
     log, stream = held()
     env = environ()
-    note(env, None, None, None, "10.1.2.3")  # a public route, nobody signed in
+    note(env, None, None, "10.1.2.3")  # a public route, nobody signed in
     log.answered(env, 302, 0, time.perf_counter())
     log.answered(environ(HTTP_USER_AGENT=""), 404, 10, time.perf_counter())
     log.flush()
@@ -122,7 +116,7 @@ def test_what_the_app_did_not_decide_is_left_out() -> None:
 
 def test_note_sets_the_environ_keys() -> None:
     env: dict[str, Any] = {}
-    note(env, Identity(subject="bob", provider="oidc"), "admin", None, "192.0.2.1")
+    note(env, Identity(subject="bob", provider="oidc"), "admin", "192.0.2.1")
     assert env == {USER: "bob", TIER: "admin", UPSTREAM: None, CLIENT_IP: "192.0.2.1"}
 
 
@@ -151,7 +145,7 @@ def test_hostile_targets_and_user_agents_stay_one_ascii_line(value: str) -> None
     log, stream = held()
     as_wsgi = value.encode("utf-8").decode("latin-1")  # how a server hands bytes to WSGI
     env = environ(RAW_URI=as_wsgi, HTTP_USER_AGENT=as_wsgi)
-    note(env, Identity(subject='eve"\n', provider="local"), None, None, None)
+    note(env, Identity(subject='eve"\n', provider="local"), None, None)
     log.answered(env, 400, 0, time.perf_counter())
     log.flush()
     text = stream.getvalue()
@@ -345,7 +339,7 @@ def _app(environ: dict[str, Any], start_response: Any) -> Any:
     if path == "/stream":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return iter([b"first ", b"second"])
-    note(environ, Identity(subject="alice", provider="local"), "operator", "intercom", "10.9.9.9")
+    note(environ, Identity(subject="alice", provider="local"), "operator", "10.9.9.9", "intercom")
     body = b"hello door"
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "10")])
     return [body]

@@ -849,7 +849,7 @@ def test_a_streamed_answer_counts_its_body_bytes() -> None:
 def test_the_server_writes_the_line_and_the_middleware_stands_aside() -> None:
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         assert environ[WRITTEN_BY_SERVER] is True
-        note(environ, Identity(subject="alice", provider="local"), "operator", "door", "10.0.0.9")
+        note(environ, Identity(subject="alice", provider="local"), "operator", "10.0.0.9", "door")
         start_response("200 OK", [("Content-Length", "2")])
         return [b"ok"]
 
