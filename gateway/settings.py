@@ -209,6 +209,13 @@ class AuditSettings(_Model):
     destination: str = "stderr"  # stderr, stdout or a file path
 
 
+class AccessLogSettings(_Model):
+    """One JSON line per request (gateway.access_log), off unless enabled."""
+
+    enabled: bool = False
+    destination: str = Field(default="stdout", min_length=1)  # stdout, stderr or a file path
+
+
 class Settings(_Model):
     site_name: str = "Intercom SSO Gateway"
     public_url: str | None = None
@@ -225,6 +232,7 @@ class Settings(_Model):
     providers: ProviderSettings = ProviderSettings()
     login: LoginSettings = LoginSettings()
     audit: AuditSettings = AuditSettings()
+    access_log: AccessLogSettings = AccessLogSettings()
     metrics: MetricsSettings = MetricsSettings()
     proxy: ProxySettings = ProxySettings()
 
@@ -247,6 +255,10 @@ class Settings(_Model):
     @property
     def audit_destination(self) -> str:
         return self.resolve_destination(self.audit.destination)
+
+    @property
+    def access_log_destination(self) -> str:
+        return self.resolve_destination(self.access_log.destination)
 
     @property
     def sessions_dir(self) -> Path:

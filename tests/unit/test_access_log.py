@@ -416,3 +416,47 @@ def test_the_middleware_stands_aside_for_a_server_that_logs() -> None:
     assert body == [b"hello door"]  # the app's own answer, not a wrapper
     log.flush()
     assert seen == ["200 OK"] and stream.getvalue() == ""
+
+
+# -- the factory -------------------------------------------------------------------------
+
+
+def _gateway(tmp_path: Path, **access_log: Any) -> Any:
+    from gateway import create_app
+    from gateway.audit import AuditLog
+    from gateway.settings import Settings
+
+    (tmp_path / "policies").mkdir(exist_ok=True)
+    (tmp_path / "policies" / "00.yaml").write_text(
+        "tiers: {staff: {rank: 10, groups: [Staff]}}\n"
+        "routes: [{name: all, hosts: [localhost], path: /, allow: [staff]}]\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "users.yaml").write_text("users: {}\n", encoding="utf-8")
+    (tmp_path / "users.yaml").chmod(0o600)
+    settings = Settings(
+        data_dir=tmp_path / "var",
+        policies_dir=tmp_path / "policies",
+        providers={"local": {"users_file": tmp_path / "users.yaml"}},  # type: ignore[arg-type]
+        session={"store": "memory"},  # type: ignore[arg-type]
+        access_log=access_log,  # type: ignore[arg-type]
+    )
+    return create_app(settings, audit=AuditLog(stream=io.StringIO()))
+
+
+def test_create_app_wires_the_log_only_when_enabled(tmp_path: Path) -> None:
+    off = _gateway(tmp_path)
+    assert off.extensions["gateway"].access_log is None
+    assert not isinstance(off.wsgi_app, AccessLogMiddleware)
+
+    path = tmp_path / "access.log"
+    on = _gateway(tmp_path, enabled=True, destination=str(path))
+    log = on.extensions["gateway"].access_log
+    assert isinstance(log, AccessLog)
+    assert isinstance(on.wsgi_app, AccessLogMiddleware) and on.wsgi_app.log is log
+    answer = on.test_client().get("/.sso/healthz")
+    assert answer.status_code == 200
+    answer.close()  # the line is written when the server closes the answer
+    log.close()
+    (line,) = lines(path.read_text(encoding="utf-8"))
+    assert line["target"] == "/.sso/healthz" and line["status"] == 200
