@@ -21,7 +21,7 @@ stderr; the request neither waits for the log nor fails because of it.
 from __future__ import annotations
 
 import atexit
-import json
+import math
 import os
 import select
 import stat
@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from json.encoder import encode_basestring_ascii as _quote  # a JSON string, ASCII only
 from typing import Any, TextIO
 
 from gateway.core.model import Identity
@@ -173,16 +174,7 @@ class AccessLog:
 
     # -- buffer ----------------------------------------------------------------------
     def _add(self, record: dict[str, Any]) -> None:
-        # ASCII only: control characters, bidi overrides and the like arrive
-        # escaped, whatever a client put into its target or User-Agent
-        line = (
-            json.dumps(
-                {k: v for k, v in record.items() if v is not None},
-                separators=(",", ":"),
-                default=str,
-            )
-            + "\n"
-        )
+        line = _line(record)
         with self._lock:
             if self._closed:
                 self.dropped += 1
@@ -335,6 +327,26 @@ class _Body:
                 close()
         finally:
             self.answer.done()
+
+
+def _line(record: dict[str, Any]) -> str:
+    """``record`` as one JSON object and a newline, keys without a value left out.
+    ASCII only: control characters, bidi overrides and the like arrive escaped,
+    whatever a client put into its target or User-Agent.  (Put together here
+    rather than by json.dumps, which costs twice as much per line.)"""
+    parts = []
+    for key, value in record.items():
+        if value is None:
+            continue
+        kind = type(value)
+        if kind is str:
+            text = _quote(value)
+        elif kind is int or (kind is float and math.isfinite(value)):
+            text = repr(value)
+        else:  # an app's own value of another type: as text
+            text = _quote(str(value))
+        parts.append(f'"{key}":{text}')
+    return "{" + ",".join(parts) + "}\n"
 
 
 def _target(environ: Mapping[str, Any]) -> str:

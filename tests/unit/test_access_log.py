@@ -52,8 +52,12 @@ def environ(**extra: Any) -> dict[str, Any]:
     return base
 
 
+def _strict(constant: str) -> Any:
+    raise ValueError(f"not JSON: {constant}")
+
+
 def lines(text: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in text.splitlines()]
+    return [json.loads(line, parse_constant=_strict) for line in text.splitlines()]
 
 
 def held() -> tuple[AccessLog, io.StringIO]:
@@ -156,6 +160,16 @@ def test_hostile_targets_and_user_agents_stay_one_ascii_line(value: str) -> None
     assert line["user_agent"] == value
     assert line["user"] == 'eve"\n'
     assert "\x1b" not in text and "\u202e" not in text
+
+
+def test_values_of_other_types_from_an_app_still_make_json() -> None:
+    log, stream = held()
+    env = environ(**{USER: 42, TIER: True, UPSTREAM: float("nan"), CLIENT_IP: ("10.0.0.1",)})
+    log.answered(env, 200, 0, time.perf_counter())
+    log.flush()
+    (line,) = lines(stream.getvalue())  # strict JSON: no NaN, no Python literals
+    assert line["user"] == 42 and line["tier"] == "True" and line["upstream"] == "nan"
+    assert line["client_ip"] == "('10.0.0.1',)"
 
 
 def test_bytes_that_are_not_utf8_are_shown_escaped() -> None:
