@@ -44,6 +44,7 @@ def create_app(
     given is built from ``settings``."""
     from flask import Flask
 
+    from gateway.access_log import AccessLog, AccessLogMiddleware
     from gateway.assertion import AssertionSigner
     from gateway.audit import AuditLimiter, AuditLog
     from gateway.core.network import TrustedProxies, parse_networks
@@ -167,6 +168,9 @@ def create_app(
         metrics_networks=parse_networks(list(settings.metrics.allowed_networks)),
         saml=saml,
         password_login=local_users,
+        access_log=(
+            AccessLog(settings.access_log_destination) if settings.access_log.enabled else None
+        ),
     )
 
     if ldap is not None:  # Active Directory: the form's provider, groups, deprovisioning
@@ -225,6 +229,11 @@ def create_app(
     app.wsgi_app = StripIdentityHeaders(  # type: ignore[method-assign]
         ForwardAuthApp(inner, services), services.identity_header_names
     )
+    if services.access_log is not None:
+        # the gevent worker's own server side writes the access log itself (it is
+        # handed services.access_log, see gateway.workers) and this stands aside;
+        # under gunicorn's handler (TLS in gunicorn, sync, gthread) this writes it
+        app.wsgi_app = AccessLogMiddleware(app.wsgi_app, services.access_log)  # type: ignore[method-assign]
     return app
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any, TextIO
+
+from gateway.files import open_destination
 
 # A field whose name contains one of these is never written, whatever it holds.
 _FORBIDDEN_PARTS = ("password", "token", "cookie", "secret", "jwt", "assertion", "csrf")
@@ -30,16 +30,11 @@ class AuditLog:
 
     def __init__(self, destination: str = "stderr", *, stream: TextIO | None = None) -> None:
         self._logger = logging.Logger(f"gateway.audit.{id(self)}", level=logging.INFO)
-        handler: logging.Handler
-        if stream is not None:
-            handler = logging.StreamHandler(stream)
-        elif destination == "stdout":
-            handler = logging.StreamHandler(sys.stdout)
-        elif destination == "stderr":
-            handler = logging.StreamHandler(sys.stderr)
-        else:
-            Path(destination).parent.mkdir(parents=True, exist_ok=True)
-            handler = logging.FileHandler(destination, encoding="utf-8")
+        self._owned: TextIO | None = None  # a file this log opened (closed by close())
+        if stream is None:
+            stream, owned = open_destination(destination)
+            self._owned = stream if owned else None
+        handler = logging.StreamHandler(stream)
         handler.setFormatter(logging.Formatter("%(message)s"))
         self._logger.addHandler(handler)
         self._listeners: list[Any] = []
@@ -67,6 +62,9 @@ class AuditLog:
         for handler in list(self._logger.handlers):
             handler.close()
             self._logger.removeHandler(handler)
+        if self._owned is not None:
+            self._owned.close()
+            self._owned = None
 
 
 class AuditLimiter:

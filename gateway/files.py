@@ -1,9 +1,26 @@
-"""Small file helpers shared by the parts that keep secrets on disk."""
+"""Small file helpers: secrets kept on disk, and where a log writes."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from typing import TextIO
+
+STANDARD_STREAMS = ("stdout", "stderr")
+
+
+def open_destination(destination: str) -> tuple[TextIO, bool]:
+    """The stream a log ``destination`` names (``stdout``, ``stderr`` or a file
+    path, appended to, its folder created) and whether the caller owns it (a
+    file: close it when done; the standard streams are left open)."""
+    if destination == "stdout":
+        return sys.stdout, False
+    if destination == "stderr":
+        return sys.stderr, False
+    path = Path(destination)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("a", encoding="utf-8"), True
 
 
 def create_secret_file(path: Path, content: str) -> None:

@@ -19,7 +19,11 @@ This module keeps what a demanding front door needs and nothing else:
 * responses are framed by ``Content-Length`` when the app gives one, else chunked
   (HTTP/1.1) or by closing (HTTP/1.0); small answers leave in one ``send``;
 * pipelined requests are served in order; an upgrade (WebSocket) request the app
-  takes over (its answer has ``connection_taken_over``) is the connection's last.
+  takes over (its answer has ``connection_taken_over``) is the connection's last;
+* with an access log (:class:`gateway.access_log.AccessLog`), one line per
+  request once its answer is complete or its connection failed, refusals
+  included; without one, a request costs one attribute read (tested for
+  ``None`` when it begins and when it ends).
 
 The environ is the one PEP 3333 describes, with gunicorn's extras the views use
 (``RAW_URI``, ``gunicorn.socket``).
@@ -42,6 +46,7 @@ from urllib.parse import unquote_to_bytes
 
 import httptools
 
+from gateway.access_log import WRITTEN_BY_SERVER, AccessLog
 from gateway.sockets import send_all
 
 __all__ = ["SERVER_SOFTWARE", "ConnectionServer", "Limits"]
@@ -111,8 +116,8 @@ class _Request:
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.declared: int | None = None  # Content-Length; None for chunked or none
-        self.method = "GET"
-        self.version = "1.1"
+        self.method = ""  # both set once the head is complete
+        self.version = ""
         self.keep_alive = False
         self.expect_continue = False
         self.body: deque[bytes] = deque()
@@ -134,8 +139,10 @@ class ConnectionServer:
         pause: Callable[[], None] = lambda: None,
         limits: Limits | None = None,
         waits: Waits | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.app = app
+        self.access_log = access_log
         # (wait until readable, until writable)(fd, timeout): with them, long
         # bodies from upstream move by splice(2), never copied through Python
         self.waits = waits if hasattr(os, "splice") else None
@@ -157,6 +164,8 @@ class ConnectionServer:
             "SERVER_PORT": server_port,
             "SERVER_SOFTWARE": SERVER_SOFTWARE,
         }
+        if access_log is not None:
+            self.base_environ[WRITTEN_BY_SERVER] = True  # the app's middleware stands aside
         self._date_second = -1
         self._date = ""
 
@@ -311,7 +320,7 @@ class _Connection:
                 try:
                     req = self.next_request(first)
                 except _Refused as exc:
-                    self.refuse(exc)
+                    self.refused(exc, self.parsing, self.refuse(exc))
                     return
                 if req is None:
                     return
@@ -343,7 +352,8 @@ class _Connection:
         except OSError:
             pass
 
-    def refuse(self, exc: _Refused) -> None:
+    def refuse(self, exc: _Refused) -> int:
+        """Answer ``exc`` and end the connection; the body bytes sent."""
         log.debug("refused a request from %s: %s", self.remote[0], exc)
         self.unread = True  # whatever else the client sent is dropped with a lingering close
         self.sock.settimeout(self.server.keepalive)  # it may have been polled without waiting
@@ -356,14 +366,41 @@ class _Connection:
         try:
             self.sock.sendall(head.encode("latin-1") + body)
         except OSError:
-            pass
+            return 0
+        return len(body)
+
+    def refused(
+        self, exc: _Refused, req: _Request | None, sent: int, started: float | None = None
+    ) -> None:
+        """The access log line of a refused request, with what is known of it."""
+        access = self.server.access_log
+        if access is None:
+            return
+        method, version, agent = req.method if req else "", req.version if req else "", None
+        if req is not None:
+            if not method and req.url:  # the request line was read up to its target
+                method = self.parser.get_method().decode("ascii", "replace")
+            agent = next((v for n, v in req.headers if n.lower() == b"user-agent"), None)
+        access.refused(
+            self.remote[0],
+            int(exc.status[:3]),
+            sent,
+            str(exc),
+            method=method,
+            target=req.url if req is not None else None,
+            protocol=f"HTTP/{version}" if version else None,
+            user_agent=agent,
+            started=started,
+        )
 
     def handle(self, req: _Request) -> bool:
         """Serve one request; whether the connection may carry another."""
+        access = self.server.access_log
+        started = time.perf_counter() if access is not None else 0.0
         try:
             environ = self.environ(req)
         except _Refused as exc:
-            self.refuse(exc)
+            self.refused(exc, req, self.refuse(exc), started)
             return False
         self.server.counted()
         response = _Response(self, req)
@@ -371,6 +408,7 @@ class _Connection:
         try:
             result = self.server.app(environ, response.start_response)
             if getattr(result, "connection_taken_over", False):
+                response.code = 101  # answered on the connection by the app (a WebSocket)
                 return False
             if type(result) is list and len(result) == 1:
                 response.finish(result[0])
@@ -386,7 +424,8 @@ class _Connection:
                 log.info("a response was cut: %s", exc.__class__.__name__)
                 return False
             log.exception("error handling a request")
-            self.refuse(_Refused("500 Internal Server Error", "internal error"))
+            sent = self.refuse(_Refused("500 Internal Server Error", "internal error"))
+            response.code, response.written = 500, sent  # what the access log says
             return False
         finally:
             close = getattr(result, "close", None)
@@ -395,6 +434,8 @@ class _Connection:
                     close()
                 except Exception:
                     log.exception("closing a response failed")
+            if access is not None:
+                access.answered(environ, response.code, response.written, started)
         if not req.complete and not self.drain(req):
             self.unread = True
             return False
@@ -668,8 +709,10 @@ class _Response:
                 data = data[:room]
                 self.must_close = True  # the app wrote more than it announced
             self.written += len(data)
-        elif self.chunked and data:
-            data = b"%x\r\n%b\r\n" % (len(data), data)
+        else:
+            self.written += len(data)  # for the access log only
+            if self.chunked and data:
+                data = b"%x\r\n%b\r\n" % (len(data), data)
         if out:
             data = out + data if data else out
         if data:

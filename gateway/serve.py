@@ -58,6 +58,7 @@ def gunicorn_options(
         # scheme for requests from loopback): network.trusted_proxies decides
         "forwarded_allow_ips": "",
         "post_worker_init": _worker_started,
+        "worker_exit": _worker_exiting,
         "child_exit": _worker_exited,
         # one control socket per gateway (gunicornc), not one per user account
         "control_socket": str(settings.resolve_path(settings.data_dir) / "gunicorn.ctl"),
@@ -69,14 +70,25 @@ def _worker_started(worker: Any) -> None:
     _start_deprovisioning(worker)
 
 
+def _services(worker: Any) -> Any:
+    """The worker's app's gateway.services.Services (None for another app)."""
+    extensions = getattr(getattr(worker, "wsgi", None), "extensions", None) or {}
+    return extensions.get("gateway")
+
+
 def _start_deprovisioning(worker: Any) -> None:
     """Every worker runs the directory watcher; the store lets one poll per
     period (see gateway.deprovision)."""
-    extensions = getattr(getattr(worker, "wsgi", None), "extensions", None) or {}
-    services = extensions.get("gateway")
-    watcher = getattr(services, "deprovision", None)
+    watcher = getattr(_services(worker), "deprovision", None)
     if watcher is not None:
         watcher.start()
+
+
+def _worker_exiting(server: Any, worker: Any) -> None:
+    """In the worker, as it exits: write the access log lines still waiting."""
+    access_log = getattr(_services(worker), "access_log", None)
+    if access_log is not None:
+        access_log.close()
 
 
 def _freeze_startup_objects(worker: Any) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from gateway.access_log import AccessLog
 from gateway.assertion import AssertionSigner
 from gateway.audit import AuditLimiter, AuditLog
 from gateway.core.network import Networks, TrustedProxies
@@ -70,3 +71,6 @@ class Services:
     upstreams: UpstreamTable | None = None
     # open WebSockets and live streams per session (reverse-proxy mode)
     streams: StreamRegistry | None = None
+    # one line per request, when access_log.enabled (written by the server, see
+    # gateway.workers, or by the app's outermost middleware)
+    access_log: AccessLog | None = None

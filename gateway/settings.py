@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from gateway.core.errors import ConfigError, Problem, key_path
 from gateway.core.network import parse_networks
+from gateway.files import STANDARD_STREAMS
 from gateway.settings_ldap import LdapProviderSettings
 from gateway.settings_oidc import OidcSettings
 from gateway.settings_proxy import ProxySettings, proxy_problems
@@ -208,6 +209,13 @@ class AuditSettings(_Model):
     destination: str = "stderr"  # stderr, stdout or a file path
 
 
+class AccessLogSettings(_Model):
+    """One JSON line per request (gateway.access_log), off unless enabled."""
+
+    enabled: bool = False
+    destination: str = Field(default="stdout", min_length=1)  # stdout, stderr or a file path
+
+
 class Settings(_Model):
     site_name: str = "Intercom SSO Gateway"
     public_url: str | None = None
@@ -224,6 +232,7 @@ class Settings(_Model):
     providers: ProviderSettings = ProviderSettings()
     login: LoginSettings = LoginSettings()
     audit: AuditSettings = AuditSettings()
+    access_log: AccessLogSettings = AccessLogSettings()
     metrics: MetricsSettings = MetricsSettings()
     proxy: ProxySettings = ProxySettings()
 
@@ -236,12 +245,20 @@ class Settings(_Model):
             return value
         return Path(self.source).resolve().parent / value
 
+    def resolve_destination(self, destination: str) -> str:
+        """A log destination: ``stdout``, ``stderr``, or a file path resolved
+        like every other path (see gateway.files.open_destination)."""
+        if destination in STANDARD_STREAMS:
+            return destination
+        return str(self.resolve_path(Path(destination)))
+
     @property
     def audit_destination(self) -> str:
-        dest = self.audit.destination
-        if dest in ("stderr", "stdout"):
-            return dest
-        return str(self.resolve_path(Path(dest)))
+        return self.resolve_destination(self.audit.destination)
+
+    @property
+    def access_log_destination(self) -> str:
+        return self.resolve_destination(self.access_log.destination)
 
     @property
     def sessions_dir(self) -> Path:

@@ -15,7 +15,9 @@ fell from ~590 ms to ~30 ms for a bare Flask view, at a few per cent of
 throughput.
 
 It also closes connections the app has taken over (WebSockets relayed by the
-reverse proxy, :data:`gateway.views.proxy.TAKEN_OVER`).
+reverse proxy, :data:`gateway.views.proxy.TAKEN_OVER`), and hands the app's
+access log (``access_log.enabled``) to its server side, which writes a line
+for every request, refused ones included.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import gevent
 import gevent.socket
 from gunicorn.workers.ggevent import GeventWorker
 
+from gateway.access_log import AccessLog
 from gateway.http_server import ConnectionServer
 
 
@@ -58,9 +61,16 @@ class FairGeventWorker(GeventWorker):  # type: ignore[misc]
                 counted=self._count_request,
                 pause=_yield,
                 waits=(gevent.socket.wait_read, gevent.socket.wait_write),
+                access_log=self._access_log(),
             )
             servers[listener] = server
         return server
+
+    def _access_log(self) -> AccessLog | None:
+        """The access log ``create_app`` built for this app, if any."""
+        services = (getattr(self.wsgi, "extensions", None) or {}).get("gateway")
+        access_log: AccessLog | None = getattr(services, "access_log", None)
+        return access_log
 
     def _is_alive(self) -> bool:
         alive: Any = getattr(self, "alive", False)

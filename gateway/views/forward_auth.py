@@ -15,6 +15,7 @@ from typing import Any
 
 from werkzeug.wrappers import Request
 
+from gateway import access_log
 from gateway.core.errors import AmbiguousPath, StoreUnavailable
 from gateway.core.model import Decision, Outcome
 from gateway.services import Services
@@ -63,6 +64,7 @@ def check(svc: Services, req: Request) -> Answer:
         svc.audit.emit("store_unavailable", where=AUTH_PATH, detail=str(exc))
         return unavailable_answer("session store unavailable")
     session = verdict.session
+    access_log.note(req.environ, verdict.identity, verdict.decision.tier, judged.info.client_ip)
     return forward_auth_answer(
         svc, verdict.decision, verdict.identity, session.key if session is not None else None, now
     )

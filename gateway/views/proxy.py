@@ -33,6 +33,7 @@ from urllib.parse import quote
 from flask import Flask
 from werkzeug.wrappers import Request
 
+from gateway import access_log
 from gateway.core.errors import AmbiguousPath, StoreUnavailable
 from gateway.core.model import Decision, Identity, Outcome, RequestInfo
 from gateway.core.paths import normalise_path
@@ -297,6 +298,7 @@ class ProxyApp:
                 "The session store cannot be reached. Try again in a moment.",
             )
         decision = verdict.decision
+        access_log.note(environ, verdict.identity, decision.tier, ip, upstream.name)
         if decision.outcome is Outcome.LOGIN:
             return self._login(environ, start_response, req, decision)
         if decision.outcome is Outcome.DENY:

@@ -120,6 +120,7 @@ EVERYTHING: dict[str, Any] = {
     "autoscaling": {"targetMemoryUtilizationPercentage": 80},
     "rollOnPolicyChange": True,
     "image": {"digest": "sha256:" + "ab" * 32},
+    "config": {"access_log": {"enabled": True}},
 }
 
 SINGLE_NO_REDIS: dict[str, Any] = {
@@ -542,6 +543,9 @@ def test_the_rendered_config_wires_the_secrets(
     secrets = secret_data()
     assert settings.listen.host == "0.0.0.0"
     assert settings.listen.port == 8080
+    # the access log: off unless switched on, to the pod's stdout (values.yaml)
+    assert settings.access_log.enabled is (name == "everything")
+    assert settings.access_log_destination == "stdout"
     assert settings.secret_key is not None
     own = secrets[values.get("secrets", {}).get("existingSecret", FULLNAME)]
     assert settings.secret_key.get_secret_value() in own.values()

@@ -5,6 +5,7 @@ connection; good ones are served on keep-alive connections."""
 
 from __future__ import annotations
 
+import io
 import json
 import select
 import socket
@@ -15,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from gateway.access_log import WRITTEN_BY_SERVER, AccessLog, AccessLogMiddleware, note
+from gateway.core.model import Identity
 from gateway.http_server import ConnectionServer, Limits
 
 App = Callable[[dict[str, Any], Any], Any]
@@ -37,7 +40,13 @@ def echo(environ: dict[str, Any], start_response: Any) -> list[bytes]:
 
 
 class Server:
-    def __init__(self, app: App, keepalive: float = 2.0, limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        app: App,
+        keepalive: float = 2.0,
+        limits: Limits | None = None,
+        access_log: AccessLog | None = None,
+    ) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.alive = True
@@ -50,6 +59,7 @@ class Server:
             alive=lambda: self.alive,
             counted=self._count,
             limits=limits,
+            access_log=access_log,
         )
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
@@ -672,3 +682,196 @@ def test_a_long_unread_body_gets_connection_close_and_the_answer_arrives_whole()
         assert closed(sock)
     finally:
         s.close()
+
+
+# -- the access log ---------------------------------------------------------------------
+
+
+class Logged:
+    """A server with an access log into memory (written when the test asks)."""
+
+    def __init__(self, app: App = echo, **options: Any) -> None:
+        self.stream = io.StringIO()
+        self.log = AccessLog(stream=self.stream, interval=3600)
+        self.server = Server(app, access_log=self.log, **options)
+
+    def lines(self, count: int) -> list[dict[str, Any]]:
+        """The lines so far, once there are ``count`` (the line follows the answer)."""
+        deadline = time.monotonic() + 5
+        while True:
+            self.log.flush()
+            found = [json.loads(line) for line in self.stream.getvalue().splitlines()]
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+
+
+def _until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes."""
+    sock.settimeout(3)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+@pytest.fixture
+def logged() -> Iterator[Logged]:
+    s = Logged()
+    yield s
+    s.server.close()
+
+
+def test_an_answered_request_is_logged_with_status_and_bytes(logged: Logged) -> None:
+    status, _, body, _ = exchange(
+        logged.server,
+        b"GET /console/?cam=1 HTTP/1.1\r\nHost: a\r\nUser-Agent: panel/2\r\n\r\n",
+    )
+    assert status == 200
+    (line,) = logged.lines(1)
+    assert line["method"] == "GET" and line["target"] == "/console/?cam=1"
+    assert line["status"] == 200 and line["bytes"] == len(body)
+    assert line["protocol"] == "HTTP/1.1" and line["remote_addr"] == "127.0.0.1"
+    assert line["user_agent"] == "panel/2" and line["duration_ms"] >= 0
+    assert "refused" not in line
+
+
+def test_two_requests_on_one_connection_are_two_lines(logged: Logged) -> None:
+    sock = logged.server.connect()
+    for path in ("/a", "/b"):
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+        assert read_response(sock)[0] == 200
+    sock.sendall(b"HEAD /c HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert _until_closed(sock).startswith(b"HTTP/1.1 200 ")
+    lines = logged.lines(3)
+    assert [(x["method"], x["target"], x["status"]) for x in lines] == [
+        ("GET", "/a", 200),
+        ("GET", "/b", 200),
+        ("HEAD", "/c", 200),
+    ]
+    assert lines[0]["bytes"] > 0 and lines[2]["bytes"] == 0  # HEAD: no body went out
+
+
+def test_a_refused_smuggling_attempt_is_logged(logged: Logged) -> None:
+    sock = logged.server.connect()
+    sock.sendall(
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nUser-Agent: smuggler\r\n"
+        b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
+    )
+    status, _, body = read_response(sock)
+    assert status == 400 and closed(sock)
+    (line,) = logged.lines(1)
+    assert line["status"] == 400 and line["bytes"] == len(body)
+    assert line["method"] == "POST" and line["target"] == "/upload"
+    assert line["user_agent"] == "smuggler" and line["remote_addr"] == "127.0.0.1"
+    assert line["refused"]  # llhttp's reason
+    assert logged.server.served == 0
+
+
+@pytest.mark.parametrize(("raw", "status"), SMUGGLING)
+def test_every_refusal_is_one_line(raw: bytes, status: int | tuple[int, ...]) -> None:
+    s = Logged()
+    try:
+        sock = s.server.connect()
+        sock.sendall(raw + b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n")
+        _until_closed(sock)
+        (line,) = s.lines(1)
+        assert line["status"] in (status if isinstance(status, tuple) else (status,))
+        assert line["refused"] and "/smuggled" not in json.dumps(line)
+    finally:
+        s.server.close()
+
+
+def test_limits_and_slow_heads_are_logged() -> None:
+    s = Logged(limits=Limits(url=100), keepalive=0.3)
+    try:
+        exchange(s.server, b"GET /" + b"a" * 200 + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+        sock = s.server.connect()
+        sock.sendall(b"GET /slow HTTP/1.1\r\n")
+        assert read_response(sock)[0] == 408
+        long, slow = s.lines(2)
+        assert long["status"] == 414 and long["method"] == "GET"
+        assert long["target"].startswith("/aaaa")
+        assert slow["status"] == 408 and slow["target"] == "/slow"
+    finally:
+        s.server.close()
+
+
+def test_app_failures_and_taken_over_connections_are_logged() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ["PATH_INFO"] == "/ws":
+
+            class TakenOver:
+                connection_taken_over = True
+
+                def __iter__(self) -> Iterator[bytes]:
+                    return iter(())
+
+            environ["gunicorn.socket"].sendall(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+            return TakenOver()
+        raise RuntimeError("boom")
+
+    s = Logged(app)
+    try:
+        assert exchange(s.server, b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")[0] == 500
+        upgrade = (
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
+        sock = s.server.connect()
+        sock.sendall(upgrade)
+        assert sock.recv(100).startswith(b"HTTP/1.1 101")
+        failed, relayed = s.lines(2)
+        assert failed["status"] == 500 and failed["bytes"] > 0
+        assert relayed["status"] == 101 and relayed["target"] == "/ws"
+    finally:
+        s.server.close()
+
+
+def test_a_streamed_answer_counts_its_body_bytes() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"first "
+        yield b"second"
+
+    s = Logged(app)
+    try:
+        _, headers, body, _ = exchange(s.server, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert headers["transfer-encoding"] == "chunked"
+        (line,) = s.lines(1)
+        assert line["bytes"] == len(body) == 12  # the body, not its chunk framing
+    finally:
+        s.server.close()
+
+
+def test_the_server_writes_the_line_and_the_middleware_stands_aside() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        assert environ[WRITTEN_BY_SERVER] is True
+        note(environ, Identity(subject="alice", provider="local"), "operator", "10.0.0.9", "door")
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    s = Logged()
+    s.server.close()
+    s.server = Server(AccessLogMiddleware(app, s.log), access_log=s.log)
+    try:
+        sock = s.server.connect()
+        for _ in range(2):
+            sock.sendall(b"GET /door HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert read_response(sock)[0] == 200
+        time.sleep(0.2)
+        lines = s.lines(3)
+        assert len(lines) == 2  # one per request, not two
+        assert lines[0]["user"] == "alice" and lines[0]["tier"] == "operator"
+        assert lines[0]["upstream"] == "door" and lines[0]["client_ip"] == "10.0.0.9"
+    finally:
+        s.server.close()
+
+
+def test_without_an_access_log_nothing_is_marked_or_written(server: Server) -> None:
+    assert server.server.access_log is None
+    assert WRITTEN_BY_SERVER not in server.server.base_environ
+    status, _, body, _ = exchange(server, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert status == 200 and "ssogw" not in body.decode()

@@ -67,6 +67,9 @@ login:
   failure_window: 600
 audit:
   destination: /var/log/sso-gateway/audit.log
+access_log:
+  enabled: true
+  destination: /var/log/sso-gateway/access.log
 """
 
 SECRET_KEY = "s3cret-key-value-nobody-should-see-0123456789"
@@ -116,6 +119,8 @@ def test_defaults_load() -> None:
     assert "X-Auth-Request-Extension" in settings.headers.all_names()
     assert settings.providers.default == "local"
     assert settings.audit.destination == "stderr"
+    assert settings.access_log.enabled is False
+    assert settings.access_log.destination == "stdout"
     assert settings == Settings()
 
 
@@ -157,6 +162,8 @@ def test_full_realistic_config_loads(full: tuple[Path, dict[str, str]]) -> None:
     assert settings.providers.local.users_file == Path("/etc/sso-gateway/users.yaml")
     assert settings.login.max_user_failures == 3
     assert settings.audit.destination == "/var/log/sso-gateway/audit.log"
+    assert settings.access_log.enabled is True
+    assert settings.access_log_destination == "/var/log/sso-gateway/access.log"
     # secrets came from {env: ...} and {file: ...} (the file's trailing newline dropped)
     assert isinstance(settings.secret_key, SecretStr)
     assert settings.secret_key.get_secret_value() == SECRET_KEY
@@ -640,6 +647,51 @@ def test_relative_paths_resolve_against_the_config_folder(
     assert settings.sessions_dir == base / "var" / "sessions"
 
 
+def test_log_destinations_resolve_like_paths_except_the_standard_streams(
+    tmp_path: Path,
+) -> None:
+    config = write_config(
+        tmp_path,
+        "audit: {destination: logs/audit.log}\n"
+        "access_log: {enabled: true, destination: logs/access.log}\n",
+    )
+    settings = load_settings(config, environ={})
+    assert settings.audit_destination == str(tmp_path.resolve() / "logs" / "audit.log")
+    assert settings.access_log_destination == str(tmp_path.resolve() / "logs" / "access.log")
+    for stream in ("stdout", "stderr"):
+        streams = load_settings(
+            write_config(tmp_path, f"access_log: {{destination: {stream}}}\n", "s.yaml"),
+            environ={},
+        )
+        assert streams.access_log_destination == stream
+
+
+def test_the_access_log_section_is_checked(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        "access_log:\n  enabled: maybe\n  destination: ''\n  format: combined\n",
+    )
+    found = by_key(problems(config))
+    assert set(found) == {
+        "access_log.enabled",
+        "access_log.destination",
+        "access_log.format",
+    }
+    assert found["access_log.format"] == "unknown key"
+
+
+def test_the_access_log_from_the_environment() -> None:
+    settings = load_settings(
+        None,
+        environ={
+            "SSO_GATEWAY__ACCESS_LOG__ENABLED": "true",
+            "SSO_GATEWAY__ACCESS_LOG__DESTINATION": "/var/log/gw/access.log",
+        },
+    )
+    assert settings.access_log.enabled is True
+    assert settings.access_log_destination == "/var/log/gw/access.log"
+
+
 def test_sessions_dir_can_be_set_on_its_own(tmp_path: Path) -> None:
     config = write_config(tmp_path, "data_dir: /srv/data\nsession:\n  file_dir: sessions-here\n")
     settings = load_settings(config, environ={})
@@ -704,7 +756,9 @@ def test_gunicorn_options_follow_the_listen_settings(full: tuple[Path, dict[str,
     assert options["worker_class"] == "gthread"
     assert options["worker_connections"] == 500
     assert options["timeout"] == 45
-    assert options["accesslog"] is None  # no access log: the audit log is the record
+    # gunicorn's own access log stays off: the gateway writes its own (access_log)
+    assert options["accesslog"] is None
+    assert options["worker_exit"] is not None  # writes the access log lines still waiting
 
 
 def test_gunicorn_options_defaults_and_overrides() -> None:
