@@ -43,10 +43,12 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client import values as prometheus_values
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.core.errors import StoreUnavailable
+from gateway.sockets import current_pid
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -61,6 +63,20 @@ _REVOKING_EVENTS = {
 def multiprocess_dir() -> str | None:
     value = os.environ.get(MULTIPROC_ENV)
     return value if value and Path(value).is_dir() else None
+
+
+def _values_with_cached_pid() -> None:
+    """In multiprocess mode prometheus-client checks ``os.getpid()`` on every
+    increment (a system call, two per observed request); the gateway's process
+    id, kept current across forks, answers the same without one.  Metrics made
+    after this use it (the gateway's own are made later, in ``create_app``)."""
+    if getattr(prometheus_values.ValueClass, "_multiprocess", False):
+        prometheus_values.ValueClass = prometheus_values.MultiProcessValue(  # type: ignore[no-untyped-call]
+            process_identifier=current_pid
+        )
+
+
+_values_with_cached_pid()
 
 
 def mark_worker_dead(pid: int) -> None:

@@ -50,12 +50,33 @@ _ABSOLUTE_FORM = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
 _PCHAR_SAFE = "/:@!$&'()*+,="
 
 
+# canonical forms of recently seen short paths (a dashboard asks for the same
+# few paths over and over); bounded in entries and length, emptied when full,
+# so hostile unique paths cost at most a re-computation
+_CACHE: dict[str, str] = {}
+_CACHE_ENTRIES = 4096
+_CACHE_PATH_LENGTH = 256
+
+
 def normalise_path(raw: str) -> str:
     """Return the canonical decoded form of the raw request path ``raw``.
 
     Raises :class:`AmbiguousPath` (with a message fit for logs, not for clients)
-    for anything that is not unambiguous; see the module docstring.
+    for anything that is not unambiguous; see the module docstring.  Refusals
+    are never cached: every one is computed (and so reported) again.
     """
+    cached = _CACHE.get(raw)
+    if cached is not None:
+        return cached
+    canonical = _normalise(raw)
+    if len(raw) <= _CACHE_PATH_LENGTH:
+        if len(_CACHE) >= _CACHE_ENTRIES:
+            _CACHE.clear()
+        _CACHE[raw] = canonical
+    return canonical
+
+
+def _normalise(raw: str) -> str:
     if not raw.startswith("/"):
         raise AmbiguousPath("path must start with '/'")
     if not _RAW_ALLOWED.fullmatch(raw):

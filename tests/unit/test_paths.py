@@ -214,3 +214,21 @@ def test_normaliser_properties(raw: str) -> None:
 @given(st.text(max_size=60))
 def test_normaliser_only_ever_raises_ambiguous_path(raw: str) -> None:
     _checked(raw)
+
+
+def test_the_cache_holds_canonical_forms_only_and_stays_bounded() -> None:
+    from gateway.core import paths
+
+    paths._CACHE.clear()
+    assert normalise_path("/a//b/./c") == "/a/b/c"
+    assert normalise_path("/a//b/./c") == "/a/b/c"  # from the cache now
+    assert paths._CACHE == {"/a//b/./c": "/a/b/c"}
+    for _ in range(2):  # a refusal is computed every time, never cached
+        with pytest.raises(AmbiguousPath):
+            normalise_path("/a/%2e%2e/%2fadmin")
+    assert "/a/%2e%2e/%2fadmin" not in paths._CACHE
+    long = "/" + "x" * 300
+    assert normalise_path(long) == long and long not in paths._CACHE
+    for i in range(paths._CACHE_ENTRIES + 10):
+        normalise_path(f"/p{i}")
+    assert len(paths._CACHE) <= paths._CACHE_ENTRIES
