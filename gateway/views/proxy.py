@@ -616,20 +616,21 @@ class ProxyApp:
     def _request_headers(self, call: _Call) -> list[tuple[str, str]]:
         svc = self.svc
         environ, upstream = call.environ, call.upstream
-        connection_named = _connection_tokens([environ.get("HTTP_CONNECTION", "")])
+        connection = environ.get("HTTP_CONNECTION")
+        connection_named = _connection_tokens([connection]) if connection else _NO_TOKENS
         own = svc.identity_header_names
         headers: list[tuple[str, str]] = []
         for key, value in environ.items():
             if not key.startswith("HTTP_"):
                 continue
-            name = key[5:].replace("_", "-").lower()
+            name, title = _header_name(key)
             if name in _NOT_FORWARDED or name in connection_named or name in own:
                 continue
             if name == "cookie":
                 value = self._without_own_cookies(value)
                 if not value:
                     continue
-            headers.append((name.title(), value))
+            headers.append((title, value))
         if environ.get("CONTENT_TYPE"):
             headers.append(("Content-Type", environ["CONTENT_TYPE"]))
         headers.append(
@@ -674,7 +675,8 @@ class ProxyApp:
         keep_upgrade: bool = False,
     ) -> list[tuple[str, str]]:
         """The upstream's answer headers as the browser gets them."""
-        named = _connection_tokens(v for k, v in headers if k.lower() == "connection")
+        connection = [v for k, v in headers if k == "Connection" or k.lower() == "connection"]
+        named = _connection_tokens(connection) if connection else _NO_TOKENS
         out: list[tuple[str, str]] = []
         for name, value in headers:
             lower = name.lower()
@@ -921,8 +923,34 @@ def _is_upgrade(environ: dict[str, Any]) -> bool:
     return bool(connection) and "upgrade" in _connection_tokens([connection])
 
 
+_NO_TOKENS: frozenset[str] = frozenset()
+# per-process memos of pure string work done on every request (bounded: names
+# and values come from clients and upstreams; past the bound they are computed)
+_MEMO_LIMIT = 1024
+_HEADER_NAMES: dict[str, tuple[str, str]] = {}
+_TOKENS: dict[tuple[str, ...], frozenset[str]] = {}
+
+
+def _header_name(key: str) -> tuple[str, str]:
+    """A WSGI ``HTTP_X_THING`` key as (``x-thing``, ``X-Thing``)."""
+    known = _HEADER_NAMES.get(key)
+    if known is None:
+        lower = key[5:].replace("_", "-").lower()
+        known = (lower, lower.title())
+        if len(_HEADER_NAMES) < _MEMO_LIMIT:
+            _HEADER_NAMES[key] = known
+    return known
+
+
 def _connection_tokens(values: Iterable[str]) -> frozenset[str]:
-    return frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip())
+    """The lower-cased tokens of Connection header values (hop-by-hop names)."""
+    key = tuple(values)
+    known = _TOKENS.get(key)
+    if known is None:
+        known = frozenset(t.strip().lower() for v in key for t in v.split(",") if t.strip())
+        if len(_TOKENS) < _MEMO_LIMIT and sum(map(len, key)) <= 256:
+            _TOKENS[key] = known
+    return known
 
 
 def _is_ip(text: str) -> bool:
