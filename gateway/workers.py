@@ -21,8 +21,10 @@ looked at every 50 callbacks) before it polls again.  Under load, when every
 connection's next request is already there, the workers went round the callback
 queue for 10-15 ms at a time while upstream answers and new requests waited
 unpolled: the p99 of the proxy benchmark.  A zero-delay timer fires only after
-the next poll; with it the p99 fell from 13.6 to 9.8 ms (median of 5
-alternating rounds each, same throughput).
+the next poll; with it the p99 fell from 13.6 to 9.8, 15.7 to 8.5 and 14.8 to
+9.7 ms in three A/B series (alternating rounds on one build) at 0-9 % less
+throughput; on the cheapest request, ``/.sso/auth``, p99 halved and throughput
+fell by about a sixth (bench/README.md).
 
 It also closes connections the app has taken over (WebSockets relayed by the
 reverse proxy, :data:`gateway.views.proxy.TAKEN_OVER`), and hands the app's
