@@ -13,12 +13,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import requests
 
-from tests.peers import stop_process, tail
+from tests.peers import launch, stop_process, tail
 
 MODULES = Path("/usr/lib/apache2/modules")
 
@@ -115,27 +114,25 @@ class ApacheOidc:
         conf = self.directory / "httpd.conf"
         conf.write_text(CONF.format(**self.values), encoding="utf-8")
         env = dict(os.environ, APACHE_RUN_DIR=str(self.directory))
-        with (self.directory / "stdout.log").open("ab") as log:
-            self._process = subprocess.Popen(
-                [self.binary, "-f", str(conf), "-D", "FOREGROUND"],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self._process.poll() is None:
-            try:
-                requests.get(self.url + "/", allow_redirects=False, timeout=1)
-                return
-            except requests.RequestException:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(
-            f"apache did not start:\n{tail(self.directory / 'error.log')}"
-            f"\n{tail(self.directory / 'stdout.log')}"
+        self._process = launch(
+            [self.binary, "-f", str(conf), "-D", "FOREGROUND"],
+            self.directory / "stdout.log",
+            self._answers,
+            timeout,
+            env=env,
         )
+        if self._process is None:
+            raise RuntimeError(
+                f"apache did not start:\n{tail(self.directory / 'error.log')}"
+                f"\n{tail(self.directory / 'stdout.log')}"
+            )
+
+    def _answers(self) -> bool:
+        try:
+            requests.get(self.url + "/", allow_redirects=False, timeout=1)
+        except requests.RequestException:
+            return False
+        return True
 
     def stop(self) -> None:
         process, self._process = self._process, None

@@ -13,10 +13,9 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
-from tests.peers import stop_process, tail
+from tests.peers import launch, stop_process, tail
 
 CONF = """\
 # written by bench/haproxy_relay.py
@@ -64,23 +63,15 @@ class HaproxyRelay:
         conf = self.directory / "haproxy.cfg"
         conf.write_text(CONF.format(port=self.port, upstream=self.upstream), encoding="utf-8")
         log_path = self.directory / "haproxy.log"
-        with log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                [self.binary, "-db", "-f", str(conf)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self._process.poll() is None:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"haproxy did not start:\n{tail(log_path)}")
+        self._process = launch(
+            [self.binary, "-db", "-f", str(conf)], log_path, self._listening, timeout
+        )
+        if self._process is None:
+            raise RuntimeError(f"haproxy did not start:\n{tail(log_path)}")
+
+    def _listening(self) -> bool:
+        socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        return True
 
     def stop(self) -> None:
         process, self._process = self._process, None

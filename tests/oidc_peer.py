@@ -21,7 +21,6 @@ import json
 import os
 import subprocess
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,7 +32,7 @@ import pytest
 import requests
 from joserfc.jwk import RSAKey
 
-from tests.peers import free_port, require_binary, stop_process, tail
+from tests.peers import free_port, launch, require_binary, stop_process, tail
 
 OP_DIR = Path(__file__).resolve().parent / "oidc_op"
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
@@ -155,26 +154,23 @@ class OpenIdProvider:
             pytest.skip(reason)
         config = self.write_config()
         log_path = self.directory / "op.log"
-        with log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                [node, str(OP_DIR / "server.mjs"), str(config)],
-                cwd=OP_DIR,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self._process.poll() is None:
-            try:
-                r = requests.get(self.issuer + "/.well-known/openid-configuration", timeout=1)
-                if r.status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.05)
-        self.stop()
+        self._process = launch(
+            [node, str(OP_DIR / "server.mjs"), str(config)],
+            log_path,
+            self._discoverable,
+            timeout,
+            cwd=OP_DIR,
+        )
+        if self._process is not None:
+            return
         raise RuntimeError(f"oidc-provider did not start:\n{tail(log_path)}")
+
+    def _discoverable(self) -> bool:
+        try:
+            r = requests.get(self.issuer + "/.well-known/openid-configuration", timeout=1)
+        except requests.RequestException:
+            return False
+        return r.status_code == 200
 
     def stop(self) -> None:
         process, self._process = self._process, None

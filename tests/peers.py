@@ -338,6 +338,40 @@ class SentinelServer:
         return False
 
 
+def launch(
+    args: Sequence[str],
+    log_path: Path,
+    ready: Callable[[], bool],
+    timeout: float,
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes] | None:
+    """Start a server as a session leader, its output appended to ``log_path``,
+    and poll ``ready`` (OS errors count as "not yet") until it holds; the
+    process, or None - stopped - when it exited or ``timeout`` ran out."""
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            list(args),
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if ready():
+                return process
+        except OSError:
+            pass
+        time.sleep(0.05)
+    stop_process(process)
+    return None
+
+
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     """Poll ``condition`` until it holds (Redis and OS errors count as "not yet")."""
     deadline = time.monotonic() + timeout

@@ -39,7 +39,7 @@ import pytest
 import requests
 import yaml
 
-from tests.peers import child_env, free_port, require_binary, stop_process, tail
+from tests.peers import child_env, free_port, launch, require_binary, stop_process, tail
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(sys.executable).parent
@@ -287,22 +287,15 @@ class GatewayProcess:
             str(SSO_GATEWAY), "--config", str(self.config_path),
             "serve", "--bind", self.address, "--workers", str(self.workers),
         ]  # fmt: skip
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                args,
-                env=child_env(),
-                cwd=self.directory,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self._process.poll() is None:
-            if _http_status(self.url + "/.sso/healthz") == 200:
-                return True
-            time.sleep(0.05)
-        return False
+        self._process = launch(
+            args,
+            self.log_path,
+            lambda: _http_status(self.url + "/.sso/healthz") == 200,
+            timeout,
+            env=child_env(),
+            cwd=self.directory,
+        )
+        return self._process is not None
 
     def stop(self) -> None:
         process, self._process = self._process, None
