@@ -616,8 +616,7 @@ class ProxyApp:
     def _request_headers(self, call: _Call) -> list[tuple[str, str]]:
         svc = self.svc
         environ, upstream = call.environ, call.upstream
-        connection = environ.get("HTTP_CONNECTION")
-        connection_named = _connection_tokens([connection]) if connection else _NO_TOKENS
+        connection_named = _connection_tokens([environ.get("HTTP_CONNECTION", "")])
         own = svc.identity_header_names
         headers: list[tuple[str, str]] = []
         for key, value in environ.items():
@@ -675,8 +674,7 @@ class ProxyApp:
         keep_upgrade: bool = False,
     ) -> list[tuple[str, str]]:
         """The upstream's answer headers as the browser gets them."""
-        connection = [v for k, v in headers if k == "Connection" or k.lower() == "connection"]
-        named = _connection_tokens(connection) if connection else _NO_TOKENS
+        named = _connection_tokens([v for k, v in headers if k.lower() == "connection"])
         out: list[tuple[str, str]] = []
         for name, value in headers:
             lower = name.lower()
@@ -919,11 +917,9 @@ def _same_origin(origin: str, host: str) -> bool:
 def _is_upgrade(environ: dict[str, Any]) -> bool:
     if environ.get("HTTP_UPGRADE"):
         return True
-    connection: str = environ.get("HTTP_CONNECTION") or ""
-    return bool(connection) and "upgrade" in _connection_tokens([connection])
+    return "upgrade" in _connection_tokens([environ.get("HTTP_CONNECTION", "")])
 
 
-_NO_TOKENS: frozenset[str] = frozenset()
 # per-process memos of pure string work done on every request (bounded: names
 # and values come from clients and upstreams; past the bound they are computed)
 _MEMO_LIMIT = 1024
