@@ -146,7 +146,7 @@ def cpu_per_login(idp: SamlIdp, directory: Path, logins: int, workers: int) -> d
             try:
                 if requests.get(base + "/.sso/healthz", timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # refused, or accepted by a worker still booting
                 pass
             if time.monotonic() > deadline or process.poll() is not None:
                 raise SystemExit(f"bench: the gateway did not start:\n{log.read_text()[-2000:]}")

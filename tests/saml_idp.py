@@ -562,7 +562,7 @@ class SamlIdp:
             try:
                 if self.http.get(self.url + "/metadata", timeout=2).status_code == 200:
                     return
-            except requests.ConnectionError:
+            except requests.RequestException:  # refused, or accepted by a worker still booting
                 pass
             time.sleep(0.05)
         self.stop()

@@ -6,9 +6,7 @@ gateway and closed with 1008 when the person signs out."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from tests.integration.conftest import form_fields
-from tests.peers import child_env, free_port, stop_process, tail
+from tests.peers import child_env, free_port, launch, stop_process, tail
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "demo-password-for-the-tests"
@@ -31,19 +29,15 @@ def demo(tmp_path: Path) -> Iterator[str]:
     env = {**child_env(), "SSO_GATEWAY_DEMO_PASSWORD": PASSWORD}
     command = [sys.executable, "-m", "gateway.cli", "demo", "--port", str(port)]
     command += ["--dir", str(tmp_path / "demo"), "--policies", str(REPO / "policies")]
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=out)
     base = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:  # a worker still booting may hold a connection unanswered
+        return requests.get(base + "/.sso/healthz", timeout=2).status_code == 200
+
+    process = launch(command, log, answers, 60, env=env, cwd=REPO)
+    if process is None:
+        pytest.fail("the demo did not start:\n" + tail(log))
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(base + "/.sso/healthz", timeout=1)
-                break
-            except requests.ConnectionError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("the demo did not start:\n" + tail(log))
-                time.sleep(0.2)
         yield base
     finally:
         stop_process(process)
