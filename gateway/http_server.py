@@ -436,6 +436,10 @@ class _Connection:
                     log.exception("closing a response failed")
             if access is not None:
                 access.answered(environ, response.code, response.written, started)
+            # the app's objects refer to the environ and it to them (werkzeug's
+            # Request is environ["werkzeug.request"]): emptied, they go with their
+            # last reference instead of waiting for the garbage collector
+            environ.clear()
         if not req.complete and not self.drain(req):
             self.unread = True
             return False

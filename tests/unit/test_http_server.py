@@ -5,16 +5,19 @@ connection; good ones are served on keep-alive connections."""
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import select
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from werkzeug.wrappers import Request
 
 from gateway.access_log import WRITTEN_BY_SERVER, AccessLog, AccessLogMiddleware, note
 from gateway.core.model import Identity
@@ -514,6 +517,33 @@ def test_worker_shutdown_closes_after_the_current_request(server: Server) -> Non
     _, headers, _ = read_response(sock)
     assert headers["connection"] == "close"
     assert closed(sock)
+
+
+def test_a_served_request_leaves_no_reference_cycle_for_the_collector() -> None:
+    """werkzeug's Request and the environ refer to each other; the server empties
+    the environ once the answer is done, so both go with their last reference
+    (under load, gen-0 collections of that garbage were the p99 of the proxy)."""
+    seen: list[weakref.ref[Request]] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        req = Request(environ)  # sets environ["werkzeug.request"] = req: a cycle
+        seen.append(weakref.ref(req))
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    s = Server(app)
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        sock = s.connect()
+        for _ in range(2):  # the second answer: the first request's clean-up has run
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert read_response(sock)[0] == 200
+        assert seen[0]() is None
+    finally:
+        if was_enabled:
+            gc.enable()
+        s.close()
 
 
 # -- long bodies handed over as a connection (splice) ----------------------------------
