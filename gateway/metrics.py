@@ -16,7 +16,10 @@ What is counted:
   routes come from the policy, ``none`` when no route matched;
 * ``sso_gateway_request_duration_seconds{endpoint}`` - ``auth`` for
   ``/.sso/auth``, ``proxy`` for proxied requests (until the upstream's status and
-  headers; WebSockets are not timed);
+  headers; WebSockets are not timed).  Each process adds its observations up and
+  writes them once a second (and when it serves a scrape, and as it exits):
+  one locked histogram write per request cost more than a policy decision, so
+  another worker's last second may be missing from a scrape;
 * ``sso_gateway_store_errors_total{where}`` - session store failures;
 * ``sso_gateway_sessions_revoked_total{reason}``;
 * ``sso_gateway_active_sessions`` - live sessions in the store, counted at most
@@ -29,9 +32,12 @@ audited.
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import time
+from bisect import bisect_left
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -49,6 +55,8 @@ from prometheus_client.registry import Collector
 
 from gateway.core.errors import StoreUnavailable
 from gateway.sockets import current_pid
+
+FLUSH_SECONDS = 1.0
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -114,6 +122,77 @@ class SessionCount(Collector):
         yield family
 
 
+class BatchedLatency:
+    """Request durations added up per process and written to the histogram once
+    a second: ``observe`` only appends to a deque (atomic, no lock to take).  A
+    flusher thread (a greenlet under gevent) started by the first observation in
+    each process writes the sums; ``flush`` writes them at once."""
+
+    def __init__(self, histogram: Histogram, buckets: tuple[float, ...]) -> None:
+        self._histogram = histogram
+        self._bounds = buckets
+        self._pending: deque[tuple[str, float]] = deque()
+        self._children: dict[str, Any] = {}
+        self._flusher_pid = 0
+        self._lock = threading.Lock()  # one flush at a time
+
+    def observe(self, endpoint: str, seconds: float) -> None:
+        self._pending.append((endpoint, seconds))
+        if self._flusher_pid != current_pid():
+            self._start_flusher()
+
+    def _start_flusher(self) -> None:
+        with self._lock:
+            if self._flusher_pid == current_pid():
+                return
+            self._flusher_pid = current_pid()
+        threading.Thread(target=self._flush_every_interval, name="metrics", daemon=True).start()
+        atexit.register(self.flush)
+
+    def _flush_every_interval(self) -> None:
+        pid = current_pid()
+        while self._flusher_pid == pid:
+            time.sleep(FLUSH_SECONDS)
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what was observed since the last flush."""
+        with self._lock:
+            observed: dict[str, list[float]] = {}
+            pending = self._pending
+            while pending:
+                try:
+                    endpoint, seconds = pending.popleft()
+                except IndexError:
+                    break
+                observed.setdefault(endpoint, []).append(seconds)
+            for endpoint, values in observed.items():
+                self._write(self._child(endpoint), values)
+
+    def _child(self, endpoint: str) -> Any:
+        child = self._children.get(endpoint)
+        if child is None:
+            child = self._children[endpoint] = self._histogram.labels(endpoint)
+        return child
+
+    def _write(self, child: Any, values: list[float]) -> None:
+        """One increment per touched bucket and one for the sum.  The child's
+        bucket and sum values are prometheus-client internals (checked by
+        tests/unit/test_metrics.py); without them each value is observed."""
+        buckets, sum_value = getattr(child, "_buckets", None), getattr(child, "_sum", None)
+        if buckets is None or sum_value is None or len(buckets) != len(self._bounds) + 1:
+            for seconds in values:
+                child.observe(seconds)
+            return
+        counts = [0] * len(buckets)
+        for seconds in values:
+            counts[bisect_left(self._bounds, seconds)] += 1  # the first bound >= it
+        sum_value.inc(sum(values))
+        for i, n in enumerate(counts):
+            if n:
+                buckets[i].inc(n)
+
+
 class Metrics:
     def __init__(self, active_sessions: Callable[[], int]) -> None:
         self._multiprocess = multiprocess_dir() is not None
@@ -142,7 +221,7 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=reg,
         )
-        self._latency_children: dict[str, Any] = {}
+        self._latency = BatchedLatency(self.latency, _LATENCY_BUCKETS)
         self.store_errors = Counter(
             "sso_gateway_store_errors",
             "Session store failures (the request failed closed)",
@@ -179,22 +258,19 @@ class Metrics:
                 self.revocations.labels(_REVOKING_EVENTS[str(event)]).inc(n)
 
     def observe(self, endpoint: str, seconds: float) -> None:
-        self._latency_of(endpoint).observe(seconds)
+        self._latency.observe(endpoint, seconds)
 
     def decision(self, outcome: str, route: str | None, seconds: float) -> None:
         self.decisions.labels(outcome, route or "none").inc()
-        self._latency_of("auth").observe(seconds)
+        self._latency.observe("auth", seconds)
 
-    def _latency_of(self, endpoint: str) -> Any:
-        """The histogram child of one endpoint, looked up once (``labels`` takes
-        a lock and builds its key on every call; this runs on every request)."""
-        child = self._latency_children.get(endpoint)
-        if child is None:
-            child = self._latency_children[endpoint] = self.latency.labels(endpoint)
-        return child
+    def flush(self) -> None:
+        """Write this process's pending request durations (a worker exiting)."""
+        self._latency.flush()
 
     # -- exposition -----------------------------------------------------------------
     def render(self) -> bytes:
+        self._latency.flush()
         if self.registry is not None:
             return generate_latest(self.registry)
         registry = CollectorRegistry()

@@ -85,10 +85,15 @@ def _start_deprovisioning(worker: Any) -> None:
 
 
 def _worker_exiting(server: Any, worker: Any) -> None:
-    """In the worker, as it exits: write the access log lines still waiting."""
-    access_log = getattr(_services(worker), "access_log", None)
+    """In the worker, as it exits: write the access log lines and the request
+    durations still waiting."""
+    services = _services(worker)
+    access_log = getattr(services, "access_log", None)
     if access_log is not None:
         access_log.close()
+    metrics = getattr(services, "metrics", None)
+    if metrics is not None:
+        metrics.flush()
 
 
 def _freeze_startup_objects(worker: Any) -> None:
