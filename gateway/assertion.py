@@ -53,10 +53,9 @@ class AssertionSigner:
         """A short-lived JWT for this identity.  Reused for half its lifetime per
         session and tier, so a busy dashboard does not cost one signature per call."""
         cache_key = (session_key, tier or "")
-        with self._lock:
-            hit = self._cache.get(cache_key)
-            if hit is not None and hit[0] > now:
-                return hit[1]
+        hit = self._cache.get(cache_key)  # one get: atomic, the lock guards the updates
+        if hit is not None and hit[0] > now:
+            return hit[1]
         claims: dict[str, Any] = {
             "iss": self.issuer,
             "aud": self.audience,

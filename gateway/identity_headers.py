@@ -57,8 +57,7 @@ class IdentityHeaderCache:
     ) -> list[tuple[str, str]]:
         """A fresh list (the caller may append to it)."""
         key = (session_key, tier, jwt)
-        with self._lock:
-            hit = self._entries.get(key)
+        hit = self._entries.get(key)  # one get: atomic, the lock guards the updates
         if hit is not None and hit[0] is identity:
             return list(hit[1])
         built = identity_headers(self._cfg, identity, tier, jwt)

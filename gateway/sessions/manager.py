@@ -123,8 +123,7 @@ class SessionManager:
     def key_from_cookie(self, cookie: str | None) -> str | None:
         if not cookie or len(cookie) > 512:
             return None
-        with self._verified_lock:
-            known = self._verified.get(cookie)
+        known = self._verified.get(cookie)  # one get: atomic, no lock needed to read
         if known is not None:
             return known
         try:

@@ -955,11 +955,11 @@ def _is_ip(text: str) -> bool:
     return parse_address(text) is not None
 
 
+_REASONS = {status.value: status.phrase for status in http.HTTPStatus}
+
+
 def _reason(status: int) -> str:
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
+    return _REASONS.get(status, "Unknown")
 
 
 def _failure_kind(exc: BaseException) -> str:
