@@ -33,6 +33,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import requests
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run as a script: make tests.* and bench.* importable
 
@@ -205,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
                     connections=args.connections,
                     duration=duration,
                 )
+                answer = requests.get(
+                    url, headers={"Cookie": cookie_header}, allow_redirects=False, timeout=10
+                )
+                if answer.status_code != 200:  # wrk counts a redirect to a login as success
+                    fail(f"{name} answered {answer.status_code} after its round, not 200")
                 return to_round(name, data)
 
             print(
