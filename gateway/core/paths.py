@@ -144,9 +144,20 @@ def _resolve(decoded: str) -> str:
     return "/" + "/".join(out) + ("/" if trailing else "")
 
 
+_ENCODED: dict[str, str] = {}
+
+
 def encode_path(path: str) -> str:
-    """Percent-encode a canonical path for the wire (inverse of :func:`normalise_path`)."""
-    return quote(path, safe=_PCHAR_SAFE)
+    """Percent-encode a canonical path for the wire (inverse of :func:`normalise_path`).
+    Recently encoded paths are remembered like canonical ones (same bounds)."""
+    encoded = _ENCODED.get(path)
+    if encoded is None:
+        encoded = quote(path, safe=_PCHAR_SAFE)
+        if len(path) <= _CACHE_PATH_LENGTH:
+            if len(_ENCODED) >= _CACHE_ENTRIES:
+                _ENCODED.clear()
+            _ENCODED[path] = encoded
+    return encoded
 
 
 def split_query(raw_uri: str) -> tuple[str, str]:

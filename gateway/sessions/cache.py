@@ -64,14 +64,15 @@ class SessionCache:
     def get(self, key: str) -> Any:
         if not self._healthy:
             return None
-        with self._lock:
-            hit = self._entries.get(key)
-            if hit is None:
-                return None
-            if hit[0] <= self._monotonic():
-                del self._entries[key]
-                return None
-            return hit[1]
+        hit = self._entries.get(key)  # one get: atomic; the lock guards the changes
+        if hit is None:
+            return None
+        if hit[0] <= self._monotonic():
+            with self._lock:
+                if self._entries.get(key) is hit:
+                    del self._entries[key]
+            return None
+        return hit[1]
 
     def put(self, key: str, record: Any, epoch: int) -> None:
         """Cache ``record`` (the parsed session) unless an invalidation arrived

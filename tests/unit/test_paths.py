@@ -232,3 +232,17 @@ def test_the_cache_holds_canonical_forms_only_and_stays_bounded() -> None:
     for i in range(paths._CACHE_ENTRIES + 10):
         normalise_path(f"/p{i}")
     assert len(paths._CACHE) <= paths._CACHE_ENTRIES
+
+
+def test_encoded_paths_are_remembered_within_the_same_bounds() -> None:
+    from gateway.core import paths
+
+    paths._ENCODED.clear()
+    assert encode_path("/a b/ä") == "/a%20b/%C3%A4"
+    assert encode_path("/a b/ä") == "/a%20b/%C3%A4"  # from the memo now
+    assert paths._ENCODED == {"/a b/ä": "/a%20b/%C3%A4"}
+    long = "/" + "y" * 300
+    assert encode_path(long) == long and long not in paths._ENCODED
+    for i in range(paths._CACHE_ENTRIES + 10):
+        encode_path(f"/e {i}")
+    assert len(paths._ENCODED) <= paths._CACHE_ENTRIES
