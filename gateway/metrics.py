@@ -33,6 +33,7 @@ audited.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
 import time
@@ -56,7 +57,9 @@ from prometheus_client.registry import Collector
 from gateway.core.errors import StoreUnavailable
 from gateway.sockets import current_pid
 
+log = logging.getLogger(__name__)
 FLUSH_SECONDS = 1.0
+PENDING_LIMIT = 200_000  # observations waiting for a flush (20 s at 10,000 a second)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -131,20 +134,23 @@ class BatchedLatency:
     def __init__(self, histogram: Histogram, buckets: tuple[float, ...]) -> None:
         self._histogram = histogram
         self._bounds = buckets
-        self._pending: deque[tuple[str, float]] = deque()
+        # bounded: should the flusher ever fall behind, the oldest go, not memory
+        self._pending: deque[tuple[str, float]] = deque(maxlen=PENDING_LIMIT)
         self._children: dict[str, Any] = {}
         self._flusher_pid = 0
         self._lock = threading.Lock()  # one flush at a time
 
     def observe(self, endpoint: str, seconds: float) -> None:
-        self._pending.append((endpoint, seconds))
         if self._flusher_pid != current_pid():
             self._start_flusher()
+        self._pending.append((endpoint, seconds))
 
     def _start_flusher(self) -> None:
         with self._lock:
             if self._flusher_pid == current_pid():
                 return
+            if self._flusher_pid:  # a forked child: what is waiting is the parent's
+                self._pending.clear()
             self._flusher_pid = current_pid()
         threading.Thread(target=self._flush_every_interval, name="metrics", daemon=True).start()
         atexit.register(self.flush)
@@ -153,7 +159,10 @@ class BatchedLatency:
         pid = current_pid()
         while self._flusher_pid == pid:
             time.sleep(FLUSH_SECONDS)
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # never let the flusher die and the deque fill up
+                log.exception("writing request durations to the metrics failed")
 
     def flush(self) -> None:
         """Write what was observed since the last flush."""

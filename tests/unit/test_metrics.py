@@ -78,3 +78,17 @@ def test_the_flusher_writes_within_about_a_second() -> None:
     while count not in _exposed(registry) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert count in _exposed(registry)
+
+
+def test_a_forked_child_does_not_write_its_parents_waiting_durations(
+    monkeypatch: Any,
+) -> None:
+    registry, histogram = _histogram()
+    batched = BatchedLatency(histogram, _LATENCY_BUCKETS)
+    batched.observe("proxy", 0.003)  # the parent's, flushed by the parent
+    monkeypatch.setattr("gateway.metrics.current_pid", lambda: 4242)  # now "in the child"
+    batched.observe("proxy", 0.2)
+    batched.flush()
+    exposed = _exposed(registry)
+    assert 't_duration_seconds_count{endpoint="proxy"} 1.0' in exposed
+    assert 't_duration_seconds_sum{endpoint="proxy"} 0.2' in exposed
