@@ -267,8 +267,9 @@ class _Connection:
 
         Fairness: a keep-alive request that is already there when the previous
         answer has gone (pipelined, or sent on a busy pooled connection) waits
-        its turn behind the other connections first (``pause``); one that had
-        to be waited for has let them run already."""
+        its turn behind the other connections first (``pause``); one that was
+        not there yet is waited for through the event loop (``waits``), so it
+        too comes after the connections that were ready first."""
         if self.ready:
             if not first:
                 self.server.pause()
@@ -290,6 +291,11 @@ class _Connection:
         if not received:
             sock.settimeout(self.server.keepalive)
             try:
+                if not first and self.server.waits is not None:
+                    # through the event loop: a recv now may find the next request
+                    # that arrived a moment ago and serve it ahead of every other
+                    # connection (a fast client answers within microseconds)
+                    self.server.waits[0](sock.fileno(), timeout=self.server.keepalive)
                 received = self.fill()
             except TimeoutError:
                 return None  # idle keep-alive connection: closed quietly

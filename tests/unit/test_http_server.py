@@ -678,6 +678,35 @@ def test_a_request_already_waiting_yields_to_other_connections_first(server: Ser
     assert len(pauses) == 1
 
 
+def test_a_keep_alive_request_not_there_yet_is_waited_for_through_the_loop(
+    server: Server,
+) -> None:
+    """A request the server has to wait for is waited for with ``waits`` (under
+    gevent: the event loop), never with a recv that may find it already there
+    and serve it ahead of the connections that were ready first.  The first
+    request of a connection is read at once."""
+    waited: list[int] = []
+    wait_read = _wait(read=True)
+
+    def recording_wait(fd: int, timeout: float | None = None) -> None:
+        waited.append(fd)
+        wait_read(fd, timeout)
+
+    server.server.waits = (recording_wait, _wait(read=False))
+    sock = server.connect()
+    sock.sendall(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n")
+    buf = bytearray()
+    assert read_response(sock, buf)[0] == 200
+    for path in ("/2", "/3", "/4"):
+        time.sleep(0.2)  # the server is now waiting for the next request
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+        assert read_response(sock, buf)[0] == 200
+    sock.sendall(b"GET /5 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert read_response(sock, buf)[0] == 200
+    assert closed(sock)
+    assert len(waited) >= 3  # for /2, /3 and /4 (/5 may already be there); not for /1
+
+
 def _ignores_the_body(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     start_response("502 Bad Gateway", [("Content-Length", "4")])
     return [b"nope"]
