@@ -18,8 +18,9 @@ What is counted:
   ``/.sso/auth``, ``proxy`` for proxied requests (until the upstream's status and
   headers; WebSockets are not timed).  Each process adds its observations up and
   writes them once a second (and when it serves a scrape, and as it exits):
-  one locked histogram write per request cost more than a policy decision, so
-  another worker's last second may be missing from a scrape;
+  a histogram write per request is two locked file writes, under gevent with a
+  lock written in Python.  Another worker's last second may be missing from a
+  scrape;
 * ``sso_gateway_store_errors_total{where}`` - session store failures;
 * ``sso_gateway_sessions_revoked_total{reason}``;
 * ``sso_gateway_active_sessions`` - live sessions in the store, counted at most
