@@ -30,6 +30,7 @@ exactly the path that was judged.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from urllib.parse import quote, unquote_to_bytes
@@ -50,10 +51,9 @@ _ABSOLUTE_FORM = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
 _PCHAR_SAFE = "/:@!$&'()*+,="
 
 
-# canonical forms of recently seen short paths (a dashboard asks for the same
-# few paths over and over); bounded in entries and length, emptied when full,
-# so hostile unique paths cost at most a re-computation
-_CACHE: dict[str, str] = {}
+# canonical and wire forms of recently seen short paths are remembered (a
+# dashboard asks for the same few paths over and over): LRU caches of bounded
+# size, and longer paths are not worth a slot, as in PolicySet's route cache
 _CACHE_ENTRIES = 4096
 _CACHE_PATH_LENGTH = 256
 
@@ -63,17 +63,12 @@ def normalise_path(raw: str) -> str:
 
     Raises :class:`AmbiguousPath` (with a message fit for logs, not for clients)
     for anything that is not unambiguous; see the module docstring.  Refusals
-    are never cached: every one is computed (and so reported) again.
+    are never cached (an LRU cache keeps no exceptions): every one is computed
+    (and so reported) again.
     """
-    cached = _CACHE.get(raw)
-    if cached is not None:
-        return cached
-    canonical = _normalise(raw)
-    if len(raw) <= _CACHE_PATH_LENGTH:
-        if len(_CACHE) >= _CACHE_ENTRIES:
-            _CACHE.clear()
-        _CACHE[raw] = canonical
-    return canonical
+    if len(raw) > _CACHE_PATH_LENGTH:
+        return _normalise(raw)
+    return _normalised(raw)
 
 
 def _normalise(raw: str) -> str:
@@ -144,20 +139,19 @@ def _resolve(decoded: str) -> str:
     return "/" + "/".join(out) + ("/" if trailing else "")
 
 
-_ENCODED: dict[str, str] = {}
-
-
 def encode_path(path: str) -> str:
-    """Percent-encode a canonical path for the wire (inverse of :func:`normalise_path`).
-    Recently encoded paths are remembered like canonical ones (same bounds)."""
-    encoded = _ENCODED.get(path)
-    if encoded is None:
-        encoded = quote(path, safe=_PCHAR_SAFE)
-        if len(path) <= _CACHE_PATH_LENGTH:
-            if len(_ENCODED) >= _CACHE_ENTRIES:
-                _ENCODED.clear()
-            _ENCODED[path] = encoded
-    return encoded
+    """Percent-encode a canonical path for the wire (inverse of :func:`normalise_path`)."""
+    if len(path) > _CACHE_PATH_LENGTH:
+        return _encode(path)
+    return _encoded(path)
+
+
+def _encode(path: str) -> str:
+    return quote(path, safe=_PCHAR_SAFE)
+
+
+_normalised = functools.lru_cache(maxsize=_CACHE_ENTRIES)(_normalise)
+_encoded = functools.lru_cache(maxsize=_CACHE_ENTRIES)(_encode)
 
 
 def split_query(raw_uri: str) -> tuple[str, str]:

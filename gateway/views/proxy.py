@@ -20,6 +20,7 @@ allowed, streamed to the upstream its host and path select.
 
 from __future__ import annotations
 
+import functools
 import http
 import logging
 import re
@@ -920,33 +921,32 @@ def _is_upgrade(environ: dict[str, Any]) -> bool:
     return "upgrade" in _connection_tokens([environ.get("HTTP_CONNECTION", "")])
 
 
-# per-process memos of pure string work done on every request (bounded: names
-# and values come from clients and upstreams; past the bound they are computed)
+# per-process LRU caches of pure string work done on every request (names and
+# values come from clients and upstreams: bounded, long values not worth a slot)
 _MEMO_LIMIT = 1024
-_HEADER_NAMES: dict[str, tuple[str, str]] = {}
-_TOKENS: dict[tuple[str, ...], frozenset[str]] = {}
+_MEMO_VALUE_LENGTH = 256
 
 
+@functools.lru_cache(maxsize=_MEMO_LIMIT)
 def _header_name(key: str) -> tuple[str, str]:
     """A WSGI ``HTTP_X_THING`` key as (``x-thing``, ``X-Thing``)."""
-    known = _HEADER_NAMES.get(key)
-    if known is None:
-        lower = key[5:].replace("_", "-").lower()
-        known = (lower, lower.title())
-        if len(_HEADER_NAMES) < _MEMO_LIMIT:
-            _HEADER_NAMES[key] = known
-    return known
+    lower = key[5:].replace("_", "-").lower()
+    return lower, lower.title()
 
 
 def _connection_tokens(values: Iterable[str]) -> frozenset[str]:
     """The lower-cased tokens of Connection header values (hop-by-hop names)."""
     key = tuple(values)
-    known = _TOKENS.get(key)
-    if known is None:
-        known = frozenset(t.strip().lower() for v in key for t in v.split(",") if t.strip())
-        if len(_TOKENS) < _MEMO_LIMIT and sum(map(len, key)) <= 256:
-            _TOKENS[key] = known
-    return known
+    if sum(map(len, key)) > _MEMO_VALUE_LENGTH:
+        return _tokens(key)
+    return _remembered_tokens(key)
+
+
+def _tokens(values: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip())
+
+
+_remembered_tokens = functools.lru_cache(maxsize=_MEMO_LIMIT)(_tokens)
 
 
 def _is_ip(text: str) -> bool:
