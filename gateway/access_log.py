@@ -20,7 +20,6 @@ stderr; the request neither waits for the log nor fails because of it.
 
 from __future__ import annotations
 
-import atexit
 import math
 import os
 import select
@@ -34,7 +33,7 @@ from typing import Any, TextIO
 
 from gateway.core.model import Identity
 from gateway.files import open_destination
-from gateway.sockets import current_pid
+from gateway.flusher import ProcessFlusher
 
 __all__ = [
     "CLIENT_IP",
@@ -102,7 +101,7 @@ class AccessLog:
         self._pending = 0  # characters in _lines
         self._lock = threading.Lock()  # the buffer
         self._write_lock = threading.Lock()  # the stream: one flush at a time, in order
-        self._flusher_pid = 0  # the process whose flusher runs
+        self._flusher = ProcessFlusher(self.flush, interval, "access-log")
         self._closed = False
         self._complained = False
         self._stamp = (-1, "")  # (second, its ISO 8601 text)
@@ -182,26 +181,9 @@ class AccessLog:
             self._lines.append(line)
             self._pending += len(line)
             full = self._pending >= self.size
-            start = self._flusher_pid != current_pid()
-            if start:
-                self._flusher_pid = current_pid()
         if full:
             self.flush()
-        if start:
-            self._start_flusher()
-
-    def _start_flusher(self) -> None:
-        """The flusher of this process (started by its first line, so that each
-        worker forked from a process that built this log runs its own).  Under
-        gevent's monkey-patching the thread is a greenlet and its sleep yields."""
-        threading.Thread(target=self._flush_every_interval, name="access-log", daemon=True).start()
-        atexit.register(self.flush)
-
-    def _flush_every_interval(self) -> None:
-        pid = current_pid()
-        while not self._closed and self._flusher_pid == pid:
-            time.sleep(self.interval)
-            self.flush()
+        self._flusher.ensure()  # this process's (gateway.flusher)
 
     def flush(self) -> None:
         """Write every waiting line now."""
@@ -235,7 +217,7 @@ class AccessLog:
         self.flush()
         with self._lock:
             self._closed = True
-        atexit.unregister(self.flush)
+        self._flusher.stop()
         self.flush()  # a line added between the first flush and the close
         if self._owned:
             try:

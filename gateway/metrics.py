@@ -33,8 +33,6 @@ audited.
 
 from __future__ import annotations
 
-import atexit
-import logging
 import os
 import threading
 import time
@@ -56,9 +54,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.core.errors import StoreUnavailable
+from gateway.flusher import ProcessFlusher
 from gateway.sockets import current_pid
 
-log = logging.getLogger(__name__)
 FLUSH_SECONDS = 1.0
 PENDING_LIMIT = 200_000  # observations waiting for a flush (20 s at 10,000 a second)
 
@@ -128,9 +126,9 @@ class SessionCount(Collector):
 
 class BatchedLatency:
     """Request durations added up per process and written to the histogram once
-    a second: ``observe`` only appends to a deque (atomic, no lock to take).  A
-    flusher thread (a greenlet under gevent) started by the first observation in
-    each process writes the sums; ``flush`` writes them at once."""
+    a second: ``observe`` only appends to a deque (atomic, no lock to take).
+    Each process's flusher (gateway.flusher, started by its first observation)
+    writes the sums; ``flush`` writes them at once."""
 
     def __init__(self, histogram: Histogram, buckets: tuple[float, ...]) -> None:
         self._histogram = histogram
@@ -138,32 +136,13 @@ class BatchedLatency:
         # bounded: should the flusher ever fall behind, the oldest go, not memory
         self._pending: deque[tuple[str, float]] = deque(maxlen=PENDING_LIMIT)
         self._children: dict[str, Any] = {}
-        self._flusher_pid = 0
         self._lock = threading.Lock()  # one flush at a time
+        self._flusher = ProcessFlusher(self.flush, FLUSH_SECONDS, "metrics")
 
     def observe(self, endpoint: str, seconds: float) -> None:
-        if self._flusher_pid != current_pid():
-            self._start_flusher()
+        if self._flusher.ensure():  # a forked child: what is waiting is the parent's
+            self._pending.clear()
         self._pending.append((endpoint, seconds))
-
-    def _start_flusher(self) -> None:
-        with self._lock:
-            if self._flusher_pid == current_pid():
-                return
-            if self._flusher_pid:  # a forked child: what is waiting is the parent's
-                self._pending.clear()
-            self._flusher_pid = current_pid()
-        threading.Thread(target=self._flush_every_interval, name="metrics", daemon=True).start()
-        atexit.register(self.flush)
-
-    def _flush_every_interval(self) -> None:
-        pid = current_pid()
-        while self._flusher_pid == pid:
-            time.sleep(FLUSH_SECONDS)
-            try:
-                self.flush()
-            except Exception:  # never let the flusher die and the deque fill up
-                log.exception("writing request durations to the metrics failed")
 
     def flush(self) -> None:
         """Write what was observed since the last flush."""

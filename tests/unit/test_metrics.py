@@ -86,7 +86,7 @@ def test_a_forked_child_does_not_write_its_parents_waiting_durations(
     registry, histogram = _histogram()
     batched = BatchedLatency(histogram, _LATENCY_BUCKETS)
     batched.observe("proxy", 0.003)  # the parent's, flushed by the parent
-    monkeypatch.setattr("gateway.metrics.current_pid", lambda: 4242)  # now "in the child"
+    monkeypatch.setattr("gateway.flusher.current_pid", lambda: 4242)  # now "in the child"
     batched.observe("proxy", 0.2)
     batched.flush()
     exposed = _exposed(registry)
