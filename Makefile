@@ -22,6 +22,7 @@ test: sysdeps $(STAMP) $(NODE_STAMP) lint typecheck layers unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway tests bench
+	$(BIN)/ruff format --check gateway tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

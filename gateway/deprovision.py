@@ -205,9 +205,10 @@ class DeprovisionWatcher:
             dse = reader.root_dse(["highestCommittedUSN", "dsServiceName"])
             high = int(dse.get("highestcommittedusn") or 0)
             dc_id = dse.get("dsservicename") or reader.dc
-            mark_key = "deprovision:usn:" + hashlib.sha256(
-                f"{reader.dc}|{dc_id}".encode()
-            ).hexdigest()[:32]
+            mark_key = (
+                "deprovision:usn:"
+                + hashlib.sha256(f"{reader.dc}|{dc_id}".encode()).hexdigest()[:32]
+            )
             stored = self._store.pop_value(mark_key)
             mark = stored.get("usn") if isinstance(stored, dict) else None
             if not isinstance(mark, int) or mark < 0 or mark > high:
@@ -297,10 +298,14 @@ class DeprovisionWatcher:
         if guid:
             flt = f"(objectGUID={guid_filter_value(guid)})"
         else:
-            flt = "(|" + "".join(
-                f"(userPrincipalName={escape_filter_chars(n)})(sAMAccountName={escape_filter_chars(n)})"
-                for n in sorted(names)
-            ) + ")"
+            flt = (
+                "(|"
+                + "".join(
+                    f"(userPrincipalName={escape_filter_chars(n)})(sAMAccountName={escape_filter_chars(n)})"
+                    for n in sorted(names)
+                )
+                + ")"
+            )
         found = self.directory.find_anywhere(flt)
         if not found:
             # an LDAP sign-in (or anyone matched by objectGUID) the directory no
@@ -384,4 +389,3 @@ def _with_groups(identity: Identity, groups: Iterable[DirectoryGroup]) -> Identi
     groups = list(groups)
     ids = [x for g in groups for x in (g.dn, g.sid, g.guid) if x]
     return replace(identity, groups=tuple(g.name for g in groups), group_ids=tuple(ids))
-

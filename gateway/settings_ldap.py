@@ -14,8 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 # enabled people only: objectCategory person, userAccountControl bit 2 (ACCOUNTDISABLE) off
 DEFAULT_USER_FILTER = (
-    "(&(objectCategory=person)(objectClass=user)"
-    "(!(userAccountControl:1.2.840.113556.1.4.803:=2)))"
+    "(&(objectCategory=person)(objectClass=user)(!(userAccountControl:1.2.840.113556.1.4.803:=2)))"
 )
 _HOST_PORT = re.compile(
     r"(?P<host>[A-Za-z0-9.\-]{1,253}|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?"

@@ -249,7 +249,11 @@ class SambaAD:
 
         tls = ldap3.Tls(validate=ssl.CERT_NONE)  # admin helper of the test only
         server = ldap3.Server(
-            "127.0.0.1", port=LDAPS_PORT, use_ssl=True, tls=tls, connect_timeout=5,
+            "127.0.0.1",
+            port=LDAPS_PORT,
+            use_ssl=True,
+            tls=tls,
+            connect_timeout=5,
             get_info=ldap3.NONE,
         )
         conn = ldap3.Connection(

@@ -362,9 +362,7 @@ class LdapDirectory:
         )
         try:
             conn.open(read_server_info=False)
-            if self.settings.transport == "starttls" and not conn.start_tls(
-                read_server_info=False
-            ):
+            if self.settings.transport == "starttls" and not conn.start_tls(read_server_info=False):
                 raise ProviderUnavailable("StartTLS was refused")
             if not conn.bind(read_server_info=False):
                 raise _BindRefused(dict(conn.result))
@@ -517,7 +515,6 @@ class LdapDirectory:
         except _BindRefused as exc:
             raise AuthenticationFailed(_bind_reason(exc.result)) from None
         self._discard(conn)
-
 
     def decoy_bind(self, password: str) -> None:
         """The work of a password check, for a DN that does not exist: a person

@@ -256,9 +256,7 @@ def test_ad_bind_sub_codes_become_audit_reasons(
     assert _reason(gw) == "account-expired"
 
 
-def test_the_directory_group_resolver_serves_other_providers(
-    ad: SambaAD, gw: Gateway
-) -> None:
+def test_the_directory_group_resolver_serves_other_providers(ad: SambaAD, gw: Gateway) -> None:
     resolver = gw.services.directory
     assert resolver is not None
     saml = Identity(subject=f"alice@{UPN_SUFFIX}", provider="saml", groups=("Door-Team",))

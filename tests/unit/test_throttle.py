@@ -97,9 +97,7 @@ def test_keys_hash_the_lowercased_username() -> None:
 
 
 def test_window_expiry_forgets_failures() -> None:
-    throttle = throttle_with(
-        make_store(), max_user_failures=2, max_client_failures=100, window=0.3
-    )
+    throttle = throttle_with(make_store(), max_user_failures=2, max_client_failures=100, window=0.3)
     fail(throttle, "alice", IP)
     fail(throttle, "alice", IP)
     assert reason(throttle, "alice", IP) == "throttled-user"
