@@ -160,8 +160,19 @@ def _parser() -> argparse.ArgumentParser:
     s = ssub.add_parser("list", parents=[common], help="list live sessions")
     s.add_argument("--user", help="only this user's sessions")
     s.set_defaults(func=cmd_sessions_list)
-    s = ssub.add_parser("revoke", parents=[common], help="revoke every session of a user, at once")
-    s.add_argument("--user", required=True)
+    s = ssub.add_parser(
+        "revoke",
+        parents=[common],
+        help="revoke every session of a user, or one session by the id 'sessions list' shows",
+    )
+    which = s.add_mutually_exclusive_group(required=True)
+    which.add_argument("--user", help="end every session of this user")
+    which.add_argument(
+        "--id",
+        dest="session_id",
+        metavar="ID",
+        help="end only this session (its 12-character id from 'sessions list')",
+    )
     s.set_defaults(func=cmd_sessions_revoke)
 
     p = sub.add_parser(
@@ -413,9 +424,27 @@ def cmd_sessions_revoke(args: argparse.Namespace) -> int:
     from gateway.audit import AuditLog
 
     manager = _open_sessions(args)
-    removed = manager.revoke_user(args.user)
     settings = _settings(args)
     audit = AuditLog(settings.audit_destination)
+    if args.session_id is not None:
+        try:
+            session = manager.revoke_short_id(args.session_id)
+        except ValueError as exc:
+            print(f"sso-gateway: {exc}", file=sys.stderr)
+            return 2
+        if session is None:
+            print(f"sso-gateway: no session has the id {args.session_id}", file=sys.stderr)
+            return 1
+        audit.emit(
+            "sessions_revoked",
+            user=session.identity.subject,
+            count=1,
+            sessions=[session.short_id],
+            by="cli",
+        )
+        print(f"revoked session {session.short_id} of {session.identity.subject}")
+        return 0
+    removed = manager.revoke_user(args.user)
     audit.emit(
         "sessions_revoked",
         user=args.user,

@@ -34,6 +34,8 @@ from gateway.sessions.store import SessionStore
 from gateway.sockets import current_pid
 
 RECORD_VERSION = 1
+SHORT_ID_LENGTH = 12  # hex characters of the store key shown as a session's handle
+_HEX = frozenset("0123456789abcdef")
 # The store keeps a record this long past the session's absolute end, so an
 # expired session that is presented again is recognised (and audited as
 # expired) instead of simply being unknown.  Expiry itself is decided here, by
@@ -74,7 +76,7 @@ class Session:
     @property
     def short_id(self) -> str:
         """A non-secret handle for audit lines and the sessions CLI."""
-        return self.key[:12]
+        return self.key[:SHORT_ID_LENGTH]
 
 
 @dataclass(frozen=True)
@@ -251,6 +253,21 @@ class SessionManager:
             if self.store.delete_session(key) is not None:
                 removed.append(key)
         return removed
+
+    def revoke_short_id(self, handle: str) -> Session | None:
+        """Delete the one session whose short id (as :meth:`list` shows it) is
+        ``handle``; the session removed, or None when none has that id.  Raises
+        ValueError for a handle that is not a short id, and when more than one
+        stored session starts with it (never left to chance)."""
+        handle = handle.strip().lower()
+        if len(handle) != SHORT_ID_LENGTH or not all(c in _HEX for c in handle):
+            raise ValueError(f"a session id is {SHORT_ID_LENGTH} hexadecimal characters")
+        found = [s for s in self._all(None) if s.key.startswith(handle)]
+        if len(found) > 1:
+            raise ValueError(f"{len(found)} sessions start with {handle}")
+        if not found or not self.delete(found[0].key):
+            return None
+        return found[0]
 
     def list(self, user: str | None = None, *, now: float | None = None) -> list[Session]:
         """Live sessions (those past their idle or absolute limit are left out)."""

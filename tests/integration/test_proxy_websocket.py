@@ -225,6 +225,33 @@ def test_revocation_from_another_process_closes_websockets_and_streams(
         _revoke_bob(gateway, client, conn, plain)
 
 
+def test_revoking_one_session_by_id_closes_its_websockets_only(gateway: GatewayProcess) -> None:
+    """``sessions revoke --id``: the security-room workstation's session ends, the
+    same person's session elsewhere carries on."""
+    workstation = _signed_in(gateway, BOB)
+    listed = gateway.cli("sessions", "list", "--user", "bob")
+    assert listed.returncode == 0, listed.stderr
+    before = {line.split("\t")[0] for line in listed.stdout.splitlines()}
+    elsewhere = _signed_in(gateway, BOB)
+    listed = gateway.cli("sessions", "list", "--user", "bob")
+    (other_id,) = {line.split("\t")[0] for line in listed.stdout.splitlines()} - before
+    (workstation_id,) = before - {other_id}
+    with (
+        _ws(gateway, "/events/live", workstation) as cut,
+        _ws(gateway, "/events/live", elsewhere) as kept,
+    ):
+        cut.recv(timeout=10)
+        kept.recv(timeout=10)
+        revoked = gateway.cli("sessions", "revoke", "--id", workstation_id)
+        assert revoked.returncode == 0, revoked.stderr
+        _closed_within(cut, CLOSE_WITHIN)
+        assert (cut.close_code, cut.close_reason) == (1008, "session ended")
+        kept.send("still here?")
+        assert kept.recv(timeout=10)  # the other session's console is untouched
+    assert workstation.get(gateway.url + "/console/", allow_redirects=False).status_code == 302
+    assert elsewhere.get(gateway.url + "/console/", allow_redirects=False).status_code == 200
+
+
 def _revoke_bob(
     gateway: GatewayProcess, client: requests.Session, conn: ClientConnection, plain: ProxyUpstream
 ) -> None:

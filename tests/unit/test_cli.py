@@ -534,6 +534,78 @@ def test_revoking_a_user_without_sessions(run: Runner, site: Site) -> None:
     assert record["count"] == 0
 
 
+def test_revoking_one_session_by_its_id(run: Runner, site: Site) -> None:
+    manager = open_manager(site)
+    workstation = login(manager, "alice", ("Intercom-Operators",), "operator")
+    laptop = login(manager, "alice", ("Intercom-Operators",), "operator")
+    bob_cookie = login(manager, "bob", ("Intercom-Admins",), "admin")
+    cfg = ("--config", str(site.config))
+    key = manager.key_from_cookie(workstation)
+    assert key is not None
+    handle = key[:12]
+
+    revoked = run("sessions", "revoke", "--id", handle.upper(), *cfg)  # as typed
+    assert revoked.code == 0, revoked.err
+    assert revoked.out.strip() == f"revoked session {handle} of alice"
+
+    now = time.time()
+    assert manager.load(key, now) is None
+    for other in (laptop, bob_cookie):  # nobody else's session, not alice's other one
+        other_key = manager.key_from_cookie(other)
+        assert other_key is not None
+        assert manager.load(other_key, now) is not None
+    (record,) = [r for r in audit_records(site) if r["event"] == "sessions_revoked"]
+    assert record == {**record, "user": "alice", "count": 1, "sessions": [handle], "by": "cli"}
+
+    again = run("sessions", "revoke", "--id", handle, *cfg)
+    assert again.code == 1
+    assert f"no session has the id {handle}" in again.err
+    assert len([r for r in audit_records(site) if r["event"] == "sessions_revoked"]) == 1
+
+
+@pytest.mark.parametrize(
+    "handle",
+    [
+        "",
+        "abc",  # a prefix short enough to match by chance is never taken
+        "0123456789a",
+        "0123456789abc",
+        "0123456789ag",
+        "*",
+        "../../../etc",
+        "0123456789a\n",
+    ],
+)
+def test_revoking_by_an_id_that_is_not_one_changes_nothing(
+    run: Runner, site: Site, handle: str
+) -> None:
+    manager = open_manager(site)
+    cookie = login(manager, "alice", ("Intercom-Operators",), "operator")
+    result = run("sessions", "revoke", "--id", handle, "--config", str(site.config))
+    assert result.code == 2
+    assert "12 hexadecimal characters" in result.err
+    key = manager.key_from_cookie(cookie)
+    assert key is not None
+    assert manager.load(key, time.time()) is not None
+    assert not [r for r in audit_records(site) if r["event"] == "sessions_revoked"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ((), "one of the arguments --user --id is required"),
+        (("--user", "alice", "--id", "0" * 12), "not allowed with"),
+    ],
+)
+def test_revoke_wants_a_user_or_an_id_not_both(
+    site: Site, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], message: str
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["sessions", "revoke", *argv, "--config", str(site.config)])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_sessions_with_a_store_outside_a_missing_data_dir(
     run: Runner, site: Site, tmp_path: Path
 ) -> None:

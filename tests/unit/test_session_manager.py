@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from gateway.core.model import Identity
 from gateway.sessions.manager import Expired, Session, SessionManager
 from gateway.sessions.memory_store import MemoryStore
@@ -41,3 +43,19 @@ def test_tampered_cookies_give_no_key() -> None:
         assert manager.key_from_cookie(bad) is None
     other = SessionManager(MemoryStore(), "another-secret" * 4)
     assert other.key_from_cookie(cookie) is None
+
+
+def test_a_short_id_that_two_stored_sessions_share_revokes_neither() -> None:
+    store = MemoryStore()
+    manager = SessionManager(store, "secret" * 8)
+    _, session = manager.create(
+        ALICE, tier="operator", idle=60, absolute=600, client_ip="127.0.0.1", now=time.time()
+    )
+    twin = session.key[:12] + "f" * (len(session.key) - 12)
+    assert twin != session.key
+    store.put_session(twin, dict(session.record), 600, "alice")
+
+    with pytest.raises(ValueError, match="2 sessions start with"):
+        manager.revoke_short_id(session.short_id)
+    assert store.get_session(session.key) is not None
+    assert store.get_session(twin) is not None
