@@ -109,6 +109,9 @@ def create_app(
             issuer=settings.jwt.issuer or settings.public_url or "intercom-sso-gateway",
             audience=settings.jwt.audience,
             lifetime=settings.jwt.lifetime,
+            published_key_files=[
+                settings.resolve_path(path) for path in settings.jwt.published_key_files
+            ],
         )
 
     if not settings.cookie.secure:

@@ -153,6 +153,16 @@ def _parser() -> argparse.ArgumentParser:
     u = usub.add_parser("list", parents=[common], help="list users")
     u.set_defaults(func=cmd_users_list)
 
+    keys = sub.add_parser("keys", parents=[common], help="make the JWT assertion's signing keys")
+    ksub = keys.add_subparsers(title="actions", metavar="ACTION")
+    k = ksub.add_parser(
+        "generate",
+        parents=[common],
+        help="write a new private P-256 signing key (a JWK, mode 0600) to PATH; never overwrites",
+    )
+    k.add_argument("path", metavar="PATH")
+    k.set_defaults(func=cmd_keys_generate)
+
     sessions = sub.add_parser(
         "sessions", parents=[common], help="list or revoke sessions in the session store"
     )
@@ -233,8 +243,32 @@ def _preflight(settings: Settings) -> None:
     if settings.providers.default == "local":
         problems += validate_users_file(settings.resolve_path(settings.providers.local.users_file))
     problems += _saml_problems(settings)
+    problems += _jwt_problems(settings)
     if problems:
         raise ConfigError(problems)
+
+
+def _jwt_problems(settings: Settings) -> list[Problem]:
+    if not settings.jwt.enabled:
+        return []
+    from gateway.assertion import key_file_problems
+
+    signing = _jwt_key_path(settings)
+    published = [settings.resolve_path(p) for p in settings.jwt.published_key_files]
+    return [
+        Problem(
+            settings.source,
+            "jwt.key_file" if index is None else f"jwt.published_key_files[{index}]",
+            reason,
+        )
+        for index, reason in key_file_problems(signing, published)
+    ]
+
+
+def _jwt_key_path(settings: Settings) -> Path:
+    if settings.jwt.key_file:
+        return settings.resolve_path(settings.jwt.key_file)
+    return settings.resolve_path(settings.data_dir) / "jwt-signing-key.json"
 
 
 def _saml_problems(settings: Settings) -> list[Problem]:
@@ -271,6 +305,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         if settings.providers.default == "local":
             users_file = settings.resolve_path(settings.providers.local.users_file)
         problems.extend(_saml_problems(settings))
+        problems.extend(_jwt_problems(settings))
     except ConfigError as exc:
         problems.extend(exc.problems)
         # still look at the policies and users file the broken config names
@@ -404,6 +439,22 @@ def _open_sessions(args: argparse.Namespace) -> Any:
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # as create_app does
     store = _build_store(settings)
     return SessionManager(store, _secret_key(settings, data_dir))
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from gateway.assertion import generate_key_file
+
+    path = Path(args.path)
+    if path.exists() or path.is_symlink():
+        print(f"sso-gateway: {path} exists; a key file is never overwritten", file=sys.stderr)
+        return 1
+    try:
+        kid = generate_key_file(path)
+    except OSError as exc:
+        print(f"sso-gateway: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"wrote a P-256 signing key to {path} (kid {kid})")
+    return 0
 
 
 def cmd_sessions_list(args: argparse.Namespace) -> int:

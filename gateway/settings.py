@@ -162,6 +162,9 @@ class JwtSettings(_Model):
     issuer: str | None = None
     lifetime: int = Field(default=60, ge=10, le=3600)
     key_file: Path | None = None
+    # public halves also published at /.sso/jwks.json, never used to sign:
+    # the next key before a rotation, the previous one after it
+    published_key_files: list[Path] = Field(default_factory=list, max_length=8)
 
 
 class LocalProviderSettings(_Model):

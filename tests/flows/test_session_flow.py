@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from gateway.assertion import generate_key_file
 from gateway.sessions.redis_store import RedisStore
 from tests.flows.conftest import Clock, Gateway, GatewayFactory
 from tests.peers import RedisServer
@@ -170,6 +174,31 @@ def test_health_ready_and_jwks(gw: Gateway) -> None:
     assert ready["status"] == "ok" and ready["store"] == "ok"
     keys = gw.get("/.sso/jwks.json").get_json()["keys"]
     assert len(keys) == 1 and keys[0]["kty"] == "EC" and "d" not in keys[0]
+
+
+def test_jwks_publishes_the_keys_of_a_rotation(
+    make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    """jwt.published_key_files: the next (or previous) key is published beside
+    the signing key, public half only, and never signs."""
+    site = tmp_path / "site"
+    site.mkdir()
+    nxt = site / "jwt-next.json"
+    kid = generate_key_file(nxt)
+    gw = make_gateway(extra_yaml="jwt:\n  published_key_files: [jwt-next.json]\n", root=site)
+    resp = gw.get("/.sso/jwks.json")
+    assert resp.headers["Cache-Control"] == "public, max-age=300"
+    keys = resp.get_json()["keys"]
+    assert len(keys) == 2 and keys[1]["kid"] == kid and keys[0]["kid"] != kid
+    assert all("d" not in k for k in keys)
+    gw.login("alice")
+    assert gw.auth(DOORS).status_code == 202
+    token = gw.auth(DOORS).headers["X-Auth-Request-Jwt"]
+    header = token.split(".")[0]
+    assert (
+        json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))["kid"]
+        == (keys[0]["kid"])
+    )
 
 
 def test_broken_policy_file_keeps_the_old_policy(gw: Gateway) -> None:

@@ -66,6 +66,7 @@ EXTERNAL_SECRET: dict[str, Any] = {
         "existingSecret": "sso-from-vault",
         "secretKeyKey": "cookie-secret",
         "jwtSigningKeyKey": "jwt.json",
+        "jwtPublishedKeyKeys": ["jwt-next.json"],  # a rotation under way
     },
     "redis": {"existingSecret": "redis-credentials", "urlKey": "url"},
     "localUsers": {"existingSecret": "sso-users", "key": "site-a-users.yaml"},
@@ -463,7 +464,7 @@ def secret_data() -> dict[str, dict[str, str]]:
             "users.yaml": USERS_FILE,
         },
         "redis-ha": {"redis-password": "data-password", "sentinel-password": "sentinel-pw"},
-        "sso-from-vault": {"cookie-secret": "c" * 48, "jwt.json": _jwk()},
+        "sso-from-vault": {"cookie-secret": "c" * 48, "jwt.json": _jwk(), "jwt-next.json": _jwk()},
         "redis-credentials": {"url": "rediss://:vault-password@redis.example:6380/1"},
         "sso-users": {"site-a-users.yaml": USERS_FILE},
         "site-a-ca": {"ca.crt": "-----BEGIN CERTIFICATE-----\n"},
@@ -576,6 +577,14 @@ def test_the_rendered_config_wires_the_secrets(
         assert session.redis_url.get_secret_value() == expected
     if settings.jwt.enabled:
         assert settings.jwt.key_file is not None
-        assert json.loads(settings.jwt.key_file.read_text(encoding="utf-8"))["crv"] == "P-256"
+        signing = json.loads(settings.jwt.key_file.read_text(encoding="utf-8"))
+        assert signing["crv"] == "P-256"
+        published = [json.loads(p.read_text()) for p in settings.jwt.published_key_files]
+        if name == "external-secret":  # jwtPublishedKeyKeys: the next key, its own file
+            ((key, path),) = zip(published, settings.jwt.published_key_files, strict=True)
+            assert path.name == "jwt-published-0.json"
+            assert key["crv"] == "P-256" and key["kid"] != signing["kid"]
+        else:
+            assert published == []
     else:
         assert name == "hpa-off"

@@ -16,7 +16,13 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OctKey
 
-from gateway.assertion import AssertionSigner, verify
+from gateway.assertion import (
+    AssertionSigner,
+    KeyFileError,
+    generate_key_file,
+    key_file_problems,
+    verify,
+)
 from gateway.core.model import Identity
 
 ISSUER = "https://sso.site-a.example"
@@ -129,6 +135,130 @@ def test_a_key_file_without_a_private_key_is_refused(
     public_only.write_text(json.dumps(signer.jwks()["keys"][0]), encoding="utf-8")
     with pytest.raises(ValueError):
         make_signer(public_only)
+
+
+# -- rotation: keys published beside the signing key ----------------------------------
+
+
+def rotation_signer(key_file: Path, published: list[Path]) -> AssertionSigner:
+    return AssertionSigner(
+        key_file,
+        issuer=ISSUER,
+        audience=AUDIENCE,
+        lifetime=LIFETIME,
+        published_key_files=published,
+    )
+
+
+def test_a_rotation_keeps_every_assertion_verifiable(tmp_path: Path) -> None:
+    """Publish the next key, sign with it while the old one is still published:
+    an upstream holding either key set verifies what it is given."""
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    generate_key_file(old)
+    generate_key_file(new)
+    now = time.time()
+
+    before = rotation_signer(old, [])
+    announcing = rotation_signer(old, [new])  # step 1: the next key is published
+    switched = rotation_signer(new, [old])  # step 2: it signs, the old one stays published
+    after = rotation_signer(new, [])  # step 3: once old assertions have expired
+
+    assert [k["kid"] for k in announcing.jwks()["keys"]] == [before.kid, after.kid]
+    assert [k["kid"] for k in switched.jwks()["keys"]] == [after.kid, before.kid]
+    assert switched.kid == after.kid != before.kid  # only the signing key signs
+    old_token = before.sign(ALICE, "operator", "s1", now)
+    new_token = switched.sign(ALICE, "operator", "s1", now)
+    assert unverified(new_token, 0)["kid"] == after.kid
+    # an upstream that fetched the key set while the next key was announced
+    assert verify(new_token, announcing.jwks(), audience=AUDIENCE, issuer=ISSUER)
+    # an upstream that fetched it after the switch still takes the old assertions
+    assert verify(old_token, switched.jwks(), audience=AUDIENCE, issuer=ISSUER)
+    with pytest.raises(JoseError):  # and once the old key is gone, no more
+        verify(old_token, after.jwks(), audience=AUDIENCE, issuer=ISSUER)
+
+
+def test_a_published_key_never_shows_its_private_half(tmp_path: Path, key_file: Path) -> None:
+    other = tmp_path / "next.json"
+    generate_key_file(other)
+    assert ECKey.import_key(json.loads(other.read_text())).is_private
+    for key in rotation_signer(key_file, [other]).jwks()["keys"]:
+        assert "d" not in key
+        assert not ECKey.import_key(key).is_private
+        assert (key["alg"], key["use"], key["crv"]) == ("ES256", "sig", "P-256")
+
+
+def test_a_public_key_may_be_published(tmp_path: Path, key_file: Path) -> None:
+    other = tmp_path / "next.json"
+    generate_key_file(other)
+    public = tmp_path / "next-public.json"
+    public.write_text(json.dumps(rotation_signer(other, []).jwks()["keys"][0]))
+    keys = rotation_signer(key_file, [public]).jwks()["keys"]
+    assert keys[1]["kid"] == json.loads(other.read_text())["kid"]
+
+
+def test_a_generated_key_file_is_private_and_never_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "next.json"
+    kid = generate_key_file(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    content = path.read_bytes()
+    assert json.loads(content)["kid"] == kid
+    assert generate_key_file(path) == kid  # the file there is kept, and named
+    assert path.read_bytes() == content
+
+
+BAD_KEYS = {
+    "not JSON": b"-----BEGIN PRIVATE KEY-----\n",
+    "not UTF-8": b"\xff\xfe{}",
+    "a list": b"[]",
+    "an RSA key": json.dumps({"kty": "RSA", "n": "AQAB", "e": "AQAB"}).encode(),
+    "P-384": json.dumps(ECKey.generate_key("P-384").as_dict(private=False)).encode(),
+    "a point off the curve": json.dumps(
+        {"kty": "EC", "crv": "P-256", "x": b64url(b"\x01" * 32), "y": b64url(b"\x02" * 32)}
+    ).encode(),
+    "no coordinates": json.dumps({"kty": "EC", "crv": "P-256"}).encode(),
+    "coordinates that are no base64url": json.dumps(
+        {"kty": "EC", "crv": "P-256", "x": "!!", "y": "AA"}
+    ).encode(),
+    "coordinates that are numbers": json.dumps(
+        {"kty": "EC", "crv": "P-256", "x": 1, "y": 2}
+    ).encode(),
+    "an empty kid": json.dumps(
+        {**ECKey.generate_key("P-256").as_dict(private=False), "kid": " "}
+    ).encode(),
+    "a kid that is no string": json.dumps(
+        {**ECKey.generate_key("P-256").as_dict(private=False), "kid": 7}
+    ).encode(),
+}
+
+
+@pytest.mark.parametrize("what", sorted(BAD_KEYS))
+def test_a_bad_published_key_is_refused_with_its_file_named(
+    tmp_path: Path, key_file: Path, what: str
+) -> None:
+    bad = tmp_path / "published.json"
+    bad.write_bytes(BAD_KEYS[what])
+    with pytest.raises(KeyFileError, match=r"published\.json"):
+        rotation_signer(key_file, [bad])
+    ((index, reason),) = key_file_problems(key_file, [bad])
+    assert index == 0
+    assert reason.startswith(f"{bad}: ")
+
+
+def test_a_key_published_twice_is_refused(tmp_path: Path, key_file: Path) -> None:
+    other = tmp_path / "next.json"
+    generate_key_file(other)
+    signing_kid = make_signer(key_file).kid
+    with pytest.raises(KeyFileError, match=f"key id {signing_kid} is already published"):
+        rotation_signer(key_file, [key_file])  # the signing key itself
+    with pytest.raises(KeyFileError, match="already published"):
+        rotation_signer(key_file, [other, other])
+    problems = key_file_problems(key_file, [key_file, other, other, tmp_path / "missing.json"])
+    assert [index for index, _ in problems] == [0, 2, 3]
+    assert "missing.json" in problems[2][1]
+
+
+def test_a_missing_signing_key_is_no_problem_before_the_first_start(tmp_path: Path) -> None:
+    assert key_file_problems(tmp_path / "not-yet.json", []) == []
 
 
 # -- signing and verifying -----------------------------------------------------------

@@ -23,7 +23,7 @@ from gateway.sessions.manager import SessionManager
 from gateway.settings import load_settings
 
 SHIPPED = Path(__file__).resolve().parents[2] / "policies"
-COMMANDS = ("serve", "check", "explain", "users", "sessions", "demo")
+COMMANDS = ("serve", "check", "explain", "users", "keys", "sessions", "demo")
 USER_ACTIONS = ("add", "passwd", "remove", "disable", "enable", "list")
 SESSION_ACTIONS = ("list", "revoke")
 PASSWORD = "correct-horse-battery"
@@ -142,6 +142,52 @@ def break_policy_and_users(site: Site) -> None:
         "users:\n  mallory:\n    password_hash: '{SSHA}not-argon2'\n    colour: blue\n",
         encoding="utf-8",
     )
+
+
+def test_keys_generate_writes_a_private_key_once(run: Runner, tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "jwt-next.json"
+    made = run("keys", "generate", str(path))
+    assert made.code == 0, made.err
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert (data["kty"], data["crv"]) == ("EC", "P-256") and "d" in data
+    assert made.out.strip() == f"wrote a P-256 signing key to {path} (kid {data['kid']})"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    content = path.read_bytes()
+
+    again = run("keys", "generate", str(path))
+    assert again.code == 1
+    assert "never overwritten" in again.err
+    assert path.read_bytes() == content
+    link = tmp_path / "dangling.json"
+    link.symlink_to(tmp_path / "nowhere.json")
+    assert run("keys", "generate", str(link)).code == 1  # not even through a dangling link
+    assert not (tmp_path / "nowhere.json").exists()
+
+
+def test_check_and_serve_name_a_bad_published_jwt_key(
+    run: Runner, site: Site, tmp_path: Path
+) -> None:
+    nxt = site.root / "jwt-next.json"
+    assert run("keys", "generate", str(nxt)).code == 0
+    bad = site.root / "jwt-old.json"
+    bad.write_text('{"kty": "RSA"}', encoding="utf-8")
+    text = site.config.read_text(encoding="utf-8")
+    site.config.write_text(
+        text + "jwt:\n  published_key_files: [jwt-next.json, jwt-old.json, jwt-next.json]\n",
+        encoding="utf-8",
+    )
+    result = run("check", "--config", str(site.config))
+    assert result.code == 1
+    assert "jwt.published_key_files[1]" in result.err and "not a P-256" in result.err
+    assert "jwt.published_key_files[2]" in result.err and "already published" in result.err
+    assert "jwt.published_key_files[0]" not in result.err
+    assert "2 problem(s) found" in result.err
+    served = run("--config", str(site.config), "serve")
+    assert served.code == 1
+    assert "jwt.published_key_files[1]" in served.err
+
+    site.config.write_text(text + "jwt:\n  published_key_files: [jwt-next.json]\n")
+    assert run("check", "--config", str(site.config)).code == 0
 
 
 def test_check_lists_every_policy_and_users_problem(run: Runner, site: Site) -> None:
@@ -708,6 +754,8 @@ def test_users_and_sessions_help_mention_their_actions(
         assert f"sso-gateway users {action}" in help_of(capsys, "users", action)
     for action in SESSION_ACTIONS:
         assert f"sso-gateway sessions {action}" in help_of(capsys, "sessions", action)
+    assert "generate" in help_of(capsys, "keys")
+    assert "sso-gateway keys generate" in help_of(capsys, "keys", "generate")
 
 
 def test_no_command_prints_help(run: Runner) -> None:

@@ -91,6 +91,11 @@ app.kubernetes.io/part-of: intercom-sso-gateway
 {{- if include "ssogw.jwtEnabled" . -}}
 {{- $jwt := get $cfg "jwt" | default dict -}}
 {{- $_ := set $jwt "key_file" (printf "%s/jwt-signing-key.json" (include "ssogw.secretsDir" .)) -}}
+{{- $published := list -}}
+{{- range $i, $key := .Values.secrets.jwtPublishedKeyKeys -}}
+{{- $published = append $published (printf "%s/jwt-published-%d.json" (include "ssogw.secretsDir" $) $i) -}}
+{{- end -}}
+{{- $_ := set $jwt "published_key_files" $published -}}
 {{- $_ := set $cfg "jwt" $jwt -}}
 {{- end -}}
 {{- $session := get $cfg "session" | default dict -}}
