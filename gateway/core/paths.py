@@ -23,6 +23,14 @@ and returns the decoded canonical path:
   does (``/a/b/..`` -> ``/a/``); ``..`` above the root is refused;
 * a trailing slash is kept (``/admin/`` stays ``/admin/``).
 
+``refuse_dot_segments=True`` refuses every ``.`` and ``..`` segment, raw or
+percent-encoded (``%2e%2e``), instead of resolving it: for forward auth, where
+the proxy in front passes the raw path on and the upstream may resolve it
+another way (or not at all: Werkzeug routes ``/admin/%2e%2e/x`` to its
+``/admin/`` handler).  Browsers resolve dot segments before they send, so only
+crafted requests carry them.  In proxy mode the gateway itself sends the path it
+judged, so resolving them there is unambiguous.
+
 :func:`encode_path` turns a canonical path back into a wire path; in proxy mode
 the upstream should be sent ``encode_path(normalise_path(raw))`` so it acts on
 exactly the path that was judged.
@@ -58,7 +66,7 @@ _CACHE_ENTRIES = 4096
 _CACHE_PATH_LENGTH = 256
 
 
-def normalise_path(raw: str) -> str:
+def normalise_path(raw: str, *, refuse_dot_segments: bool = False) -> str:
     """Return the canonical decoded form of the raw request path ``raw``.
 
     Raises :class:`AmbiguousPath` (with a message fit for logs, not for clients)
@@ -66,12 +74,16 @@ def normalise_path(raw: str) -> str:
     are never cached (an LRU cache keeps no exceptions): every one is computed
     (and so reported) again.
     """
+    if refuse_dot_segments:
+        if len(raw) > _CACHE_PATH_LENGTH:
+            return _normalise(raw, refuse_dot_segments=True)
+        return _normalised_strictly(raw)
     if len(raw) > _CACHE_PATH_LENGTH:
         return _normalise(raw)
     return _normalised(raw)
 
 
-def _normalise(raw: str) -> str:
+def _normalise(raw: str, *, refuse_dot_segments: bool = False) -> str:
     if not raw.startswith("/"):
         raise AmbiguousPath("path must start with '/'")
     if not _RAW_ALLOWED.fullmatch(raw):
@@ -88,7 +100,7 @@ def _normalise(raw: str) -> str:
     except UnicodeDecodeError as exc:
         raise AmbiguousPath("path is not valid UTF-8 after percent-decoding") from exc
     _check_decoded(decoded)
-    return _resolve(decoded)
+    return _resolve(decoded, refuse_dot_segments)
 
 
 def _check_decoded(decoded: str) -> None:
@@ -112,8 +124,8 @@ def _check_decoded(decoded: str) -> None:
                 )
 
 
-def _resolve(decoded: str) -> str:
-    """Collapse empty segments and resolve dot segments of a decoded path."""
+def _resolve(decoded: str, refuse_dot_segments: bool) -> str:
+    """Collapse empty segments and resolve (or refuse) dot segments of a decoded path."""
     parts = decoded.split("/")[1:]
     out: list[str] = []
     trailing = False
@@ -122,6 +134,10 @@ def _resolve(decoded: str) -> str:
         if part == "":
             trailing = True
             continue
+        if refuse_dot_segments and part in (".", ".."):
+            raise AmbiguousPath(
+                f"path has a {part!r} segment, which the upstream may resolve otherwise"
+            )
         if part == ".":
             trailing = True
             continue
@@ -151,6 +167,9 @@ def _encode(path: str) -> str:
 
 
 _normalised = functools.lru_cache(maxsize=_CACHE_ENTRIES)(_normalise)
+_normalised_strictly = functools.lru_cache(maxsize=_CACHE_ENTRIES)(
+    functools.partial(_normalise, refuse_dot_segments=True)
+)
 _encoded = functools.lru_cache(maxsize=_CACHE_ENTRIES)(_encode)
 
 

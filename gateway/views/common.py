@@ -173,9 +173,10 @@ def _info(host: str, raw_path: str, method: str, ip: str, scheme: str) -> Reques
         raise AmbiguousPath("the original host is not a valid host name")
     if scheme not in ("http", "https"):
         scheme = "https"
-    return RequestInfo(
-        host=host, path=normalise_path(raw_path), method=method, client_ip=ip, scheme=scheme
-    )
+    # the proxy in front passes the raw path on: a dot segment is refused, never
+    # resolved (the upstream might resolve it otherwise, or not at all)
+    path = normalise_path(raw_path, refuse_dot_segments=True)
+    return RequestInfo(host=host, path=path, method=method, client_ip=ip, scheme=scheme)
 
 
 def checked_redirect(svc: Services, req: Request, target: str) -> str | None:

@@ -261,6 +261,28 @@ def test_denied_path_is_403_and_the_upstream_is_never_called(
     assert _seen(client.get(stack.url("/console/"))).get("X-Auth-Request-Tier") == "operator"
 
 
+@pytest.mark.parametrize(
+    "path", ["/admin/%2e%2e/console/", "/admin/%2E%2E/console/", "/admin/../console/"]
+)
+def test_a_dot_segment_never_reaches_the_upstream(
+    stack: Stack, client: requests.Session, upstream: EchoUpstream, path: str
+) -> None:
+    """nginx passes the raw request URI on (``proxy_pass`` without a URI part), so
+    ``/admin/%2e%2e/console/`` reaches a dashboard as it was sent - and Werkzeug,
+    for one, routes it to ``/admin/``.  The gateway must refuse it, not judge the
+    ``/console/`` it would resolve to (where an operator may go)."""
+    _log_in(stack, client, rd=stack.url("/console/"))
+    upstream.seen.clear()
+    cookie = "; ".join(f"{c.name}={c.value}" for c in client.cookies)
+    status, _, _ = _raw_get(stack.url("/"), path, [("Cookie", cookie)])
+    assert status == 403
+    assert upstream.seen == []
+    denied = stack.gateway.audit_events("denied")
+    assert denied[-1]["reason"] == "ambiguous-request"
+    # the same person still reaches /console/ itself
+    assert _seen(client.get(stack.url("/console/"))).get("X-Auth-Request-Tier") == "operator"
+
+
 def test_public_route_works_without_login(
     stack: Stack, client: requests.Session, upstream: EchoUpstream
 ) -> None:

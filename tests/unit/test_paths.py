@@ -249,3 +249,52 @@ def test_encoded_paths_are_remembered_within_the_same_bounds() -> None:
     for i in range(paths._CACHE_ENTRIES + 10):
         encode_path(f"/e {i}")
     assert cache.cache_info().currsize == cache.cache_info().maxsize == paths._CACHE_ENTRIES
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "/admin/../doors/",
+        "/admin/%2e%2e/doors/",
+        "/admin/%2E%2E/doors/",
+        "/admin/.%2e/doors/",
+        "/admin/%2e./doors/",
+        "/admin//../doors/",
+        "/doors/./",
+        "/doors/%2e/",
+        "/doors/..",
+        "/./",
+        "/..",
+    ],
+)
+def test_dot_segments_are_refused_when_asked_never_resolved(raw: str) -> None:
+    """Forward auth: the upstream gets the raw path, and may resolve a dot
+    segment differently (or not at all)."""
+    with pytest.raises(AmbiguousPath, match="segment"):
+        normalise_path(raw, refuse_dot_segments=True)
+    with pytest.raises(AmbiguousPath, match="segment"):
+        normalise_path("/" + "x" * 300 + raw, refuse_dot_segments=True)  # past the cache too
+
+
+@pytest.mark.parametrize(
+    ("raw", "canonical"),
+    [
+        ("/admin/", "/admin/"),
+        ("//admin//doors", "/admin/doors"),
+        ("/%61dmin/", "/admin/"),
+        ("/door.log", "/door.log"),
+        ("/.well-known/x", "/.well-known/x"),
+        ("/a/..b/c", "/a/..b/c"),
+    ],
+)
+def test_refusing_dot_segments_leaves_every_other_path_alone(raw: str, canonical: str) -> None:
+    assert normalise_path(raw, refuse_dot_segments=True) == canonical
+    assert normalise_path(raw) == canonical
+
+
+def test_the_two_readings_are_cached_apart() -> None:
+    """A path cached as resolved must never answer for the strict reading."""
+    assert normalise_path("/admin/../doors/") == "/doors/"
+    with pytest.raises(AmbiguousPath):
+        normalise_path("/admin/../doors/", refuse_dot_segments=True)
+    assert normalise_path("/admin/../doors/") == "/doors/"
