@@ -172,7 +172,11 @@ def create_app(
         saml=saml,
         password_login=local_users,
         access_log=(
-            AccessLog(settings.access_log_destination) if settings.access_log.enabled else None
+            AccessLog(
+                settings.access_log_destination, redact_query=settings.access_log.redact_query
+            )
+            if settings.access_log.enabled
+            else None
         ),
     )
 

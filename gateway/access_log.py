@@ -16,12 +16,17 @@ holds whole lines, at most ``PIPE_BUF`` bytes of them on a pipe, so worker
 processes sharing one file or one pipe never tear each other's lines.  A write
 that fails drops its lines (``dropped`` counts them) and says so once on
 stderr; the request neither waits for the log nor fails because of it.
+
+The values of the query parameters named in ``access_log.redact_query`` (an OIDC
+callback's ``code``, SAML's ``SAMLResponse``, a dashboard's ``token``...) are
+written as ``[redacted]``: see :class:`QueryRedactor`.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import select
 import stat
 import sys
@@ -30,6 +35,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from json.encoder import encode_basestring_ascii as _quote  # a JSON string, ASCII only
 from typing import Any, TextIO
+from urllib.parse import unquote
 
 from gateway.core.model import Identity
 from gateway.files import open_destination
@@ -43,6 +49,7 @@ __all__ = [
     "WRITTEN_BY_SERVER",
     "AccessLog",
     "AccessLogMiddleware",
+    "QueryRedactor",
     "note",
 ]
 
@@ -57,6 +64,7 @@ WRITTEN_BY_SERVER = "ssogw.access_log"
 TARGET_LIMIT = 1024  # characters of the request target kept
 AGENT_LIMIT = 256  # characters of the User-Agent kept
 CUT = "\u2026"  # ends a value that was cut at its limit
+REDACTED = "[redacted]"  # the logged value of a parameter named in redact_query
 FLUSH_INTERVAL = 0.5
 FLUSH_SIZE = 64 * 1024
 _FILE_CHUNK = 1024 * 1024  # one write to a regular file (O_APPEND keeps it whole)
@@ -87,7 +95,11 @@ class AccessLog:
         stream: TextIO | None = None,
         interval: float = FLUSH_INTERVAL,
         size: int = FLUSH_SIZE,
+        redact_query: Iterable[str] = (),
     ) -> None:
+        """``redact_query``: the query parameters whose values are written as
+        ``[redacted]`` (the factory passes ``access_log.redact_query``, whose
+        default names the secrets; none here)."""
         owned = False
         if stream is None:
             stream, owned = open_destination(destination)
@@ -105,6 +117,8 @@ class AccessLog:
         self._closed = False
         self._complained = False
         self._stamp = (-1, "")  # (second, its ISO 8601 text)
+        names = (redact_query,) if isinstance(redact_query, str) else tuple(redact_query)
+        self._redactor = QueryRedactor(names) if any(names) else None
 
     # -- lines -----------------------------------------------------------------------
     def answered(self, environ: Mapping[str, Any], status: int, sent: int, started: float) -> None:
@@ -117,7 +131,7 @@ class AccessLog:
                 "remote_addr": environ.get("REMOTE_ADDR") or "",
                 "client_ip": environ.get(CLIENT_IP),
                 "method": environ.get("REQUEST_METHOD"),
-                "target": _cut(_as_sent(_target(environ)), TARGET_LIMIT),
+                "target": _cut(_as_sent(_target(environ, self._redactor)), TARGET_LIMIT),
                 "protocol": environ.get("SERVER_PROTOCOL"),
                 "status": status,
                 "bytes": sent,
@@ -153,7 +167,7 @@ class AccessLog:
                 "time": self._time(now),
                 "remote_addr": remote_addr,
                 "method": method or None,
-                "target": _cut(_decode(target), TARGET_LIMIT) if target else None,
+                "target": _cut(self._refused_target(target), TARGET_LIMIT) if target else None,
                 "protocol": protocol or None,
                 "status": status,
                 "bytes": sent,
@@ -162,6 +176,12 @@ class AccessLog:
                 "refused": reason,
             }
         )
+
+    def _refused_target(self, target: bytes) -> str:
+        """The bytes of a target the server read, redacted, as sent."""
+        if self._redactor is None or b"?" not in target:
+            return _decode(target)
+        return _as_sent(self._redactor.target(target.decode("latin-1")))
 
     def _time(self, when: float) -> str:
         second = int(when)
@@ -331,13 +351,93 @@ def _line(record: dict[str, Any]) -> str:
     return "{" + ",".join(parts) + "}\n"
 
 
-def _target(environ: Mapping[str, Any]) -> str:
+def _target(environ: Mapping[str, Any], redactor: QueryRedactor | None) -> str:
+    """The request target as received (a WSGI string), its query redacted."""
     raw = environ.get("RAW_URI")
     if isinstance(raw, str):
-        return raw
+        return raw if redactor is None else redactor.target(raw)
     path = str(environ.get("PATH_INFO") or "")
     query = environ.get("QUERY_STRING")
-    return f"{path}?{query}" if query else path
+    if not query:
+        return path
+    # the query on its own: a decoded PATH_INFO may hold a "?" of its own (%3F)
+    query = str(query)
+    return f"{path}?{redactor.query(query) if redactor is not None else query}"
+
+
+class QueryRedactor:
+    """Writes the values of the named query parameters as ``[redacted]``,
+    keeping every name, separator and the parameters' order.
+
+    A name matches whatever its case (ASCII) and percent-encoding
+    (``%63ode=`` is ``code=``), as an application reads it; every occurrence of a
+    repeated one is redacted, and an empty value (``code=``) stays empty, as
+    there is nothing in it.  Parameters are separated by ``&``, and by ``;`` too
+    (as some frameworks still read them): a named parameter's value is written
+    as the marker up to the next ``&``, so neither reading of the query can
+    leave a piece of it in the line (``token=a;b`` and ``x=1;token=a;b`` both
+    lose ``a;b``).  A parameter without ``=`` has no value to hide.
+
+    Per request the common case costs one precompiled regular expression
+    search over the query (no match: the query as it is); the query is only
+    taken apart when a named parameter, or a name with a ``%`` in it, is there.
+    """
+
+    __slots__ = ("_screen", "names")
+
+    def __init__(self, names: Iterable[str]) -> None:
+        # ASCII names (access_log.redact_query is checked to be): matched lower-case
+        self.names = frozenset(name.lower() for name in names if name)
+        # a parameter that may be named: after the "?" or a separator, one of the
+        # names (its first character checked first) or a name with a "%" in it,
+        # then "=".  Searched from the target's "?" on, no copy made ("?" in a
+        # query's value only makes the search say yes where the closer look finds
+        # nothing); "[^&;=%]*%" cannot backtrack past a "%": linear in the query.
+        named = ""
+        if self.names:
+            first = "".join(sorted({re.escape(name[0]) for name in self.names}))
+            longest_first = sorted(self.names, key=len, reverse=True)
+            named = f"(?=[{first}])(?:{'|'.join(map(re.escape, longest_first))})|"
+        self._screen = re.compile(rf"[?&;](?:{named}[^&;=%]*%[^&;=]*)=", re.IGNORECASE | re.ASCII)
+
+    def target(self, target: str) -> str:
+        """``target`` (a WSGI string: bytes as latin-1) with its query redacted;
+        ``target`` itself when it has no query or nothing in it is named."""
+        at = target.find("?")
+        if at < 0 or self._screen.search(target, at) is None:
+            return target
+        return target[: at + 1] + self._redact(target[at + 1 :])
+
+    def query(self, query: str) -> str:
+        """A query string (without its ``?``) redacted; ``query`` itself when
+        nothing in it is named."""
+        if self._screen.search("?" + query) is None:
+            return query
+        return self._redact(query)
+
+    def _redact(self, query: str) -> str:
+        pieces = query.split("&")
+        for index, piece in enumerate(pieces):
+            pieces[index] = self._piece(piece)
+        return "&".join(pieces)
+
+    def _piece(self, piece: str) -> str:
+        """One ``&``-separated parameter, looked at in its ``;``-separated parts."""
+        start, end = 0, len(piece)
+        while True:
+            semicolon = piece.find(";", start)
+            stop = end if semicolon < 0 else semicolon
+            equals = piece.find("=", start, stop)
+            if equals >= 0 and equals + 1 < end and self._named(piece[start:equals]):
+                return piece[: equals + 1] + REDACTED
+            if semicolon < 0:
+                return piece
+            start = semicolon + 1
+
+    def _named(self, name: str) -> bool:
+        if "%" in name:
+            name = unquote(name, encoding="latin-1")  # every byte a character, never fails
+        return name.isascii() and name.lower() in self.names
 
 
 def _as_sent(text: str) -> str:

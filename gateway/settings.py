@@ -217,6 +217,46 @@ class AccessLogSettings(_Model):
 
     enabled: bool = False
     destination: str = Field(default="stdout", min_length=1)  # stdout, stderr or a file path
+    # query parameters whose values are logged as [redacted] (any case, percent-
+    # encoded or not; gateway.access_log.QueryRedactor); an empty list logs queries as sent
+    redact_query: tuple[str, ...] = (
+        # OpenID Connect / OAuth 2.0: the callback's code and state, tokens
+        "code",
+        "state",
+        "id_token",
+        "id_token_hint",
+        "access_token",
+        "refresh_token",
+        "logout_token",
+        "client_secret",
+        # SAML HTTP-Redirect binding (/.sso/saml/slo); the gateway's RelayState is a
+        # one-time handle to its logout state, not the return URL
+        "SAMLRequest",
+        "SAMLResponse",
+        "Signature",
+        "RelayState",
+        # what dashboards and camera streams put into URLs
+        "token",
+        "auth_token",
+        "authSig",  # Home Assistant's signed paths
+        "api_key",
+        "apikey",
+        "password",
+        "passwd",
+        "secret",
+    )
+
+    @field_validator("redact_query")
+    @classmethod
+    def _query_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            # names as the application reads them (decoded), matched ignoring ASCII case
+            if not re.fullmatch(r"[!-~]+", name) or re.search(r"[&;=+%]", name):
+                raise ValueError(
+                    f"{name!r} is not a query parameter name: printable ASCII without"
+                    " spaces or any of & ; = + %"
+                )
+        return value
 
 
 class Settings(_Model):

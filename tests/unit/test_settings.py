@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -678,6 +679,36 @@ def test_the_access_log_section_is_checked(tmp_path: Path) -> None:
         "access_log.format",
     }
     assert found["access_log.format"] == "unknown key"
+
+
+def test_redact_query_names_the_protocols_secrets_by_default() -> None:
+    names = load_settings(None, environ={}).access_log.redact_query
+    for name in ("code", "state", "SAMLRequest", "SAMLResponse", "Signature", "token"):
+        assert name in names
+    for kept in ("rd", "iss", "SigAlg", "error", "camera"):  # useful, and no secret
+        assert kept not in names
+
+
+def test_redact_query_is_a_list_of_names_and_empty_turns_it_off(tmp_path: Path) -> None:
+    own = write_config(tmp_path, "access_log:\n  redact_query: [code, Camera_Key, 'x[]']\n")
+    assert load_settings(own, environ={}).access_log.redact_query == ("code", "Camera_Key", "x[]")
+    off = write_config(tmp_path, "access_log: {redact_query: []}\n", "off.yaml")
+    assert load_settings(off, environ={}).access_log.redact_query == ()
+    from_env = load_settings(
+        None, environ={"SSO_GATEWAY__ACCESS_LOG__REDACT_QUERY": "[code, camera_key]"}
+    )
+    assert from_env.access_log.redact_query == ("code", "camera_key")
+
+
+@pytest.mark.parametrize(
+    "name", ["", "a&b", "a=b", "a b", "\ta", "a;b", "a+b", "%63ode", "caf\u00e9"]
+)
+def test_redact_query_refuses_what_cannot_be_a_parameter_name(tmp_path: Path, name: str) -> None:
+    # JSON is YAML: the name as it is, escapes and all
+    config = write_config(tmp_path, f"access_log:\n  redact_query: [token, {json.dumps(name)}]\n")
+    found = by_key(problems(config))
+    assert set(found) == {"access_log.redact_query"}
+    assert "is not a query parameter name" in found["access_log.redact_query"]
 
 
 def test_the_access_log_from_the_environment() -> None:
