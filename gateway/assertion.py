@@ -81,8 +81,9 @@ class AssertionSigner:
             "groups": list(identity.groups),
             "tier": tier,
             "idp": identity.provider,
-            "auth_time": int(identity.auth_time),
         }
+        if identity.auth_time:  # 0: the provider did not say when (see views.oidc)
+            claims["auth_time"] = int(identity.auth_time)
         token = jwt.encode(self._header, claims, self._key, algorithms=ALGORITHMS)
         with self._lock:
             self._cache[cache_key] = (now + self.lifetime / 2, token)

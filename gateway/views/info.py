@@ -43,7 +43,7 @@ def userinfo() -> Response:
         "tier": loaded.tier,
         "groups": list(ident.groups),
         "mfa": ident.mfa,
-        "auth_time": int(ident.auth_time),
+        "auth_time": int(ident.auth_time) or None,  # null: the provider did not say
         "idle_remaining": int(loaded.idle_remaining(now)),
         "absolute_remaining": int(loaded.absolute_remaining(now)),
         "attributes": dict(ident.attributes),

@@ -244,8 +244,13 @@ def _complete(
     if has_group_overage(merged, settings.claims.groups):
         group_ids, resolver_name = _resolve_overage(svc, settings, merged)
     identity = identity_from_claims(settings, merged, group_ids=group_ids)
-    if identity.auth_time == 0.0:
-        identity = replace(identity, auth_time=now)  # the provider did not say: now
+    if identity.auth_time == 0.0 and record.get("fresh"):
+        # no auth_time, but this was a step-up login (prompt=login, max_age=0) and
+        # validate_id_token saw the token issued after it began: signed in now.
+        # Any other login without auth_time may be a provider session hours old
+        # answered silently: its time stays unknown (0), so a max_auth_age route
+        # asks for a step-up instead of taking it for a fresh sign-in
+        identity = replace(identity, auth_time=now)
     iss, sub, sid = str(claims["iss"]), str(claims["sub"]), claims.get("sid")
     login = {"iss": iss, "sub": sub, "id_token": id_token}
     if isinstance(sid, str) and sid:

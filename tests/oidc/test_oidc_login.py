@@ -102,21 +102,63 @@ def test_user_without_any_tier_is_denied(gateway: GatewayProcess, browser: Brows
     assert browser.auth("/console/").status_code == 403
 
 
-def test_step_up_forces_a_fresh_login(gateway: GatewayProcess, browser: Browser) -> None:
-    browser.login("alice")
-    assert browser.auth("/fresh/x").status_code == 202
-    time.sleep(3)  # max_auth_age is 2 s on /fresh/
-    resp = browser.auth("/fresh/x")
-    assert resp.status_code == 401  # nginx sends the browser to /.sso/start
-    started = browser.start_login("/fresh/x")
+def _fresh_login(browser: Browser, rd: str) -> None:
+    started = browser.start_login(rd)
     # the provider asks for the password again although its own session is live
     authorize = [r for r in started.history if "/auth" in r.headers.get("Location", "")]
     query = parse_qs(urlsplit(authorize[0].headers["Location"]).query)
     assert query["prompt"] == ["login"]
+    assert query["max_age"] == ["0"]
     assert "<form" in started.text
     browser.submit_login(started, "alice", "alice-pw-4711")
+
+
+def test_step_up_forces_a_fresh_login(gateway: GatewayProcess, browser: Browser) -> None:
+    # this provider, like Entra's v2 tokens by default, sends no auth_time: when
+    # the person last typed a password is unknown, so a max_auth_age route asks
+    browser.login("alice")
+    assert browser.userinfo().json()["auth_time"] is None
+    resp = browser.auth("/fresh/x")
+    assert resp.status_code == 401  # nginx sends the browser to /.sso/start
+    _fresh_login(browser, "/fresh/x")
+    assert browser.userinfo().json()["auth_time"] == pytest.approx(time.time(), abs=5)
+    assert browser.auth("/fresh/x").status_code == 202
+    time.sleep(3)  # max_auth_age is 2 s on /fresh/
+    assert browser.auth("/fresh/x").status_code == 401
+    _fresh_login(browser, "/fresh/x")
     assert browser.auth("/fresh/x").status_code == 202
     assert gateway.audit_events("step_up")
+
+
+def test_a_silent_login_without_auth_time_is_never_taken_for_a_fresh_one(
+    gateway: GatewayProcess, browser: Browser
+) -> None:
+    """Security review: a login the provider answers from its own session (no
+    password asked) with an ID token without auth_time used to count as a
+    sign-in "now" - anyone at a console whose gateway session had ended passed
+    every max_auth_age route."""
+    browser.login("alice")
+    _fresh_login(browser, "/fresh/x")
+    assert browser.auth("/fresh/x").status_code == 202
+    for cookie in list(browser.http.cookies):  # the gateway session ends (idle, cleared)
+        if cookie.domain.startswith("localhost") and "sso_gw" in cookie.name:
+            browser.http.cookies.clear(cookie.domain, cookie.path, cookie.name)
+    assert browser.userinfo().status_code == 401
+    again = browser.start_login("/fresh/x")
+    assert "<form" not in again.text  # the provider's session answered: no password
+    assert browser.userinfo().json()["auth_time"] is None
+    assert browser.auth("/fresh/x").status_code == 401
+
+
+def test_the_providers_auth_time_is_the_login_time(
+    oidc_site: OidcSite, gateway: GatewayProcess, browser: Browser
+) -> None:
+    hour_ago = int(time.time()) - 3600
+    oidc_site.provider.tamper_next_id_token("claims", claims={"auth_time": hour_ago})
+    browser.login("alice")
+    assert browser.userinfo().json()["auth_time"] == hour_ago
+    assert browser.auth("/console/").status_code == 202
+    assert browser.auth("/fresh/x").status_code == 401  # an hour old: step-up
 
 
 def test_logout_ends_the_provider_session_too(gateway: GatewayProcess, browser: Browser) -> None:

@@ -286,6 +286,18 @@ def test_signed_token_verifies_and_carries_the_identity(signer: AssertionSigner)
     assert claims["iat"] == int(now)
 
 
+def test_an_unknown_login_time_is_left_out_not_sent_as_1970(signer: AssertionSigner) -> None:
+    """An OIDC login whose provider did not say when the person signed in keeps
+    auth_time 0 (unknown); the assertion then carries no auth_time at all."""
+    now = time.time()
+    unknown = Identity(subject="alice", provider="oidc", groups=("Intercom-Operators",))
+    claims = check(signer.sign(unknown, "operator", "s-unknown", now), signer)
+    assert "auth_time" not in claims
+    assert check(signer.sign(ALICE, "operator", "s-known", now), signer)["auth_time"] == int(
+        ALICE.auth_time
+    )
+
+
 def test_a_session_without_a_tier_gets_a_null_tier(signer: AssertionSigner) -> None:
     claims = check(signer.sign(ALICE, None, "session-1", time.time()), signer)
     assert claims["tier"] is None
