@@ -347,6 +347,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         subject=args.user,
         provider="explain",
         groups=groups,
+        group_ids=groups,  # as identifiers too: a SID, GUID or DN given here is one
         auth_time=when.timestamp() - args.auth_age,
         mfa=args.mfa,
         amr=tuple(a.strip() for a in args.amr.split(",") if a.strip()),

@@ -7,11 +7,19 @@ parsing.
 
 Tiers
     A tier is *held* when any of its group identifiers matches any of the
-    identity's ``groups`` or ``group_ids``.  Names match case-insensitively;
-    distinguished names (anything with ``=``) match case-insensitively with
-    whitespace around ``,``, ``=`` and ``+`` ignored; SIDs (``S-1-...``) match
-    uppercase; GUIDs match lowercase without braces.  Kinds never cross: the name
-    ``UC-Admins`` does not match ``CN=UC-Admins,OU=Groups,DC=corp,DC=example``.
+    identity's ``groups`` or ``group_ids``.  A policy entry's kind is read from
+    its text: a SID (``S-1-...``), a GUID, a distinguished name (anything with
+    ``=``) or else a name.  An identity's kinds come from where they came from:
+    everything in ``groups`` is a name, whatever it looks like (a group *named*
+    ``S-1-5-21-...-512`` is no SID, and anyone allowed to create groups could
+    name one so); only ``group_ids``, which providers fill from the directory's
+    or the token's identifiers, are read as SIDs, GUIDs or DNs.  Names match
+    with ASCII letters case-insensitive and every other character exact (no
+    Unicode case folding, which turns a long s (U+017F) into ``s``; no trimming, so
+    ``Intercom-Admins `` is another group); DNs match case-insensitively with
+    whitespace around ``,``, ``=`` and ``+`` ignored; SIDs match uppercase;
+    GUIDs lowercase without braces.  Kinds never cross: the name ``UC-Admins``
+    does not match ``CN=UC-Admins,OU=Groups,DC=corp,DC=example``.
 
 Routes
     The first route whose hosts, path and methods match wins; no match is a
@@ -72,6 +80,7 @@ __all__ = [
     "deadline",
     "format_explanation",
     "group_key",
+    "name_key",
     "normalise_host",
 ]
 
@@ -118,7 +127,8 @@ _PATTERN_FORBIDDEN = frozenset("\\%;?#")
 
 
 def group_key(identifier: str) -> str:
-    """The comparison key of a group identifier: ``kind:normalised-text``."""
+    """The comparison key of a group identifier whose kind is read from its
+    text (a policy entry, an identity's ``group_ids``): ``kind:normalised-text``."""
     text = identifier.strip()
     if _SID.fullmatch(text):
         return "sid:" + text.upper()
@@ -127,7 +137,16 @@ def group_key(identifier: str) -> str:
         return "guid:" + (guid.group("a") or guid.group("b")).lower()
     if "=" in text:
         return "dn:" + _normalise_dn(text)
-    return "name:" + text.casefold()
+    return name_key(text)
+
+
+def name_key(name: str) -> str:
+    """The comparison key of a group *name*, whatever it looks like: ASCII
+    letters lower-cased, every other character kept exactly as it is."""
+    return "name:" + (name.lower() if name.isascii() else name.translate(_ASCII_LOWER))
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def _normalise_dn(dn: str) -> str:
@@ -148,8 +167,16 @@ def _normalise_dn(dn: str) -> str:
     return "".join(tokens).casefold()
 
 
-def _identity_keys(groups: Iterable[str]) -> frozenset[str]:
+def _policy_keys(groups: Iterable[str]) -> frozenset[str]:
     return frozenset(group_key(g) for g in groups if g.strip())
+
+
+def _identity_keys(groups: Iterable[str], group_ids: Iterable[str]) -> frozenset[str]:
+    """An identity's keys: its ``groups`` as names (never read as identifiers,
+    whatever they look like), its ``group_ids`` by their text."""
+    keys = {name_key(g) for g in groups if g}
+    keys.update(group_key(g) for g in group_ids if g.strip())
+    return frozenset(keys)
 
 
 # -- conditions ----------------------------------------------------------------
@@ -317,7 +344,7 @@ class Tier:
             raise ValueError(f"tier {self.name!r} needs at least one non-empty group")
         _check_limit("idle", self.idle)
         _check_limit("absolute", self.absolute)
-        object.__setattr__(self, "keys", _identity_keys(self.groups))
+        object.__setattr__(self, "keys", _policy_keys(self.groups))
 
 
 @dataclass(frozen=True)
@@ -530,7 +557,7 @@ class PolicySet:
     def _compute_held(
         self, groups: tuple[str, ...], group_ids: tuple[str, ...]
     ) -> tuple[Tier, ...]:
-        keys = _identity_keys(groups + group_ids)
+        keys = _identity_keys(groups, group_ids)
         return tuple(t for t in self._ranked if not t.keys.isdisjoint(keys))
 
     def tier(self, name: str) -> Tier | None:

@@ -75,6 +75,55 @@ def test_nested_group_membership_gives_the_operator_tier(gw: Gateway, ad: SambaA
     assert gw.auth(f"{INTERCOM}/admin/").status_code == 403
 
 
+def test_a_group_named_like_the_admins_sid_gives_no_admin_tier(
+    ad: SambaAD, gw: Gateway, unique: Callable[[str], str]
+) -> None:
+    """Security review: whoever may create a group could name it after the
+    admins' SID (Samba and AD accept that as a sAMAccountName) and hold a tier
+    the policy gives that SID.  A name is only ever a name."""
+    import ldap3
+    from ldap3.protocol.formatters.formatters import format_sid
+
+    with ad.admin() as conn:
+        conn.search(
+            f"CN=Intercom-Admins,{GROUPS}",
+            "(objectClass=group)",
+            search_scope=ldap3.BASE,
+            attributes=["objectSid"],
+        )
+        sid = format_sid(conn.entries[0].objectSid.raw_values[0])
+        decoy = unique("decoy")
+        assert conn.add(
+            f"CN={decoy},{GROUPS}",
+            ["top", "group"],
+            {"sAMAccountName": sid, "groupType": -2147483646},
+        )
+    mallory = unique("mallory")
+    ad.create_user(mallory, groups=[decoy])
+    policy = gw.root / "policies" / "site.yaml"
+    text = policy.read_text(encoding="utf-8")
+    policy.write_text(
+        text.replace("groups: [Intercom-Admins,", f"groups: [{sid}, Intercom-Admins,")
+    )
+    for _ in range(2):  # a change is loaded once it held still for one check
+        gw.clock.advance(3)
+        gw.auth(f"{INTERCOM}/console")
+    assert gw.login(mallory, USER_PASSWORD).status_code == 303
+    info = _info(gw)
+    assert info["groups"] == [sid]  # the decoy's name, as the directory gives it
+    assert info["tier"] is None
+    assert gw.auth(f"{INTERCOM}/admin/doors").status_code == 403
+    # the real Intercom-Admins, named by that SID alone, still holds the tier
+    admins = 'groups: [Intercom-Admins, "CN=Intercom-Admins,OU=Groups,DC=corp,DC=test"]'
+    assert admins in text
+    policy.write_text(text.replace(admins, f"groups: [{sid}]"))
+    for _ in range(2):
+        gw.clock.advance(3)
+        gw.auth(f"{INTERCOM}/console")
+    assert gw.login("bob", USER_PASSWORD).status_code == 303
+    assert _info(gw)["tier"] == "admin"
+
+
 def test_person_without_tier_groups_gets_no_access(gw: Gateway) -> None:
     assert gw.login("carol", USER_PASSWORD).status_code == 303
     assert _info(gw)["tier"] is None

@@ -23,6 +23,7 @@ from gateway.core.policy import (
     deadline,
     format_explanation,
     group_key,
+    name_key,
     normalise_host,
 )
 
@@ -125,6 +126,60 @@ def req(host: str, path: str, method: str = "GET", ip: str = "192.0.2.10") -> Re
 
 
 # -- group identifiers --------------------------------------------------------
+
+
+ADMIN_TIERS = PolicySet(
+    tiers=(Tier("admin", 50, ("UC-Admins", "Intercom-Admins", ADMIN_DN, ADMIN_SID, ADMIN_GUID)),),
+    routes=(),
+)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        ADMIN_SID,  # a group *named* like the admins' SID (anyone who may create groups)
+        ADMIN_SID.lower(),
+        ADMIN_GUID,
+        ADMIN_GUID.strip("{}"),
+        ADMIN_DN,
+        "UC-Admin\u017f",  # long s: Unicode case folding makes it "uc-admins"
+        "UC-ADMIN\u017f",
+        "Intercom-Admins ",  # no trimming: another group
+        " UC-Admins",
+        "UC-Admins\u200b",
+        "Intercom\u2011Admins",  # non-breaking hyphen
+    ],
+)
+def test_a_group_name_never_passes_for_another_group(name: str) -> None:
+    """Security review: names were classified by their look, so a group named
+    like a SID matched that SID, and 'UC-Admin' + long s casefolded to 'uc-admins'."""
+    assert ADMIN_TIERS.tiers_of(Identity(subject="mallory", provider="ldap", groups=(name,))) == ()
+
+
+@pytest.mark.parametrize(
+    "ids", [(ADMIN_SID,), (ADMIN_SID.lower(),), (ADMIN_GUID.strip("{}"),), (ADMIN_DN.lower(),)]
+)
+def test_identifiers_from_the_provider_match_by_kind(ids: tuple[str, ...]) -> None:
+    held = ADMIN_TIERS.tiers_of(
+        Identity(subject="bob", provider="ldap", groups=("Door-Team",), group_ids=ids)
+    )
+    assert [t.name for t in held] == ["admin"]
+
+
+@pytest.mark.parametrize("name", ["UC-Admins", "uc-admins", "UC-ADMINS", "intercom-ADMINS"])
+def test_names_match_with_ascii_case_ignored(name: str) -> None:
+    held = ADMIN_TIERS.tiers_of(Identity(subject="bob", provider="ldap", groups=(name,)))
+    assert [t.name for t in held] == ["admin"]
+
+
+def test_other_letters_of_a_name_must_match_exactly() -> None:
+    tiers = PolicySet(tiers=(Tier("door", 10, ("Türöffner",)),), routes=())
+    assert tiers.tiers_of(
+        Identity(subject="a", provider="ldap", groups=("türöffner",))
+    )  # only T differs
+    assert not tiers.tiers_of(Identity(subject="a", provider="ldap", groups=("TÜRÖFFNER",)))
+    assert name_key("Türöffner") == "name:türöffner"
+    assert name_key("K") == "name:k" and name_key("\u212a") == "name:\u212a"  # Kelvin sign
 
 
 def test_group_keys() -> None:
