@@ -63,9 +63,12 @@ def request_host(req: Request) -> str:
 
 def public_scheme(svc: Services, req: Request) -> str:
     """The scheme the browser used: X-Forwarded-Proto from a trusted proxy (TLS is
-    usually terminated in front of the gateway), else this request's own."""
+    usually terminated in front of the gateway), else this request's own.  Its
+    last entry: the one the nearest proxy (the trusted peer) wrote; a proxy that
+    appends leaves the client's own value in front (the reverse proxy reads the
+    same entry, gateway.views.proxy.ProxyApp._forwarded)."""
     if from_trusted_proxy(svc, req):
-        proto = req.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+        proto = req.headers.get("X-Forwarded-Proto", "").split(",")[-1].strip().lower()
         if proto in ("http", "https"):
             return proto
     return req.scheme

@@ -53,8 +53,8 @@ log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024  # measured: 64 KiB moved ~1.0 GB/s on loopback, 256 KiB ~1.45 GB/s
 # request bodies up to this size are held so that a Digest challenge can be
-# answered by sending them again; larger ones stream once, after a bodiless probe
-# has made sure of the challenge (see device_auth, ProxyApp._learn_challenge)
+# answered by sending them again; larger ones stream once, after an anonymous
+# probe has earned a fresh challenge (see device_auth, ProxyApp._learn_challenge)
 REPLAY_LIMIT = 1024 * 1024
 # how much of a refused WebSocket handshake's answer is passed back
 _REFUSAL_LIMIT = 1024 * 1024
@@ -76,29 +76,55 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-# inbound headers the gateway replaces or that only a proxy may set
-_NOT_FORWARDED = HOP_BY_HOP | {
-    "host",
-    "expect",
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-    "x-forwarded-server",
-    "x-forwarded-uri",
-    "x-forwarded-method",
-    "x-original-url",
-    "x-original-method",
-    "x-real-ip",
-    # overrides some frameworks honour, which would let the upstream act on
-    # another path or method than the one the policy judged
-    "x-rewrite-url",
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-}
+# Inbound headers by which a client could tell the upstream another client
+# address, scheme, host, port or URL than the real ones: frameworks and device web
+# UIs honour many of them (IP allow-lists, "is this HTTPS?", links built from them).
+# Only a proxy may set them, and the one in front of the upstream is the gateway: it
+# writes X-Forwarded-For/-Proto/-Host itself (``ProxyApp._forwarded`` reads what
+# the ``proxy.trusted_hops`` proxies in front said, from the environ, not from
+# here).  Matched in any case and with '_' for '-' (``_inbound_name``).
+CLIENT_HINT_HEADERS = frozenset(
+    {
+        # client address
+        "forwarded",
+        "forwarded-for",
+        "x-forwarded",
+        "x-real-ip",
+        "x-client-ip",
+        "client-ip",
+        "true-client-ip",
+        "x-cluster-client-ip",
+        "x-proxyuser-ip",
+        "proxy-client-ip",
+        "wl-proxy-client-ip",
+        "cf-connecting-ip",
+        "fastly-client-ip",
+        "x-remote-ip",
+        "x-remote-addr",
+        "x-originating-ip",
+        # scheme
+        "x-url-scheme",
+        "x-scheme",
+        "front-end-https",
+        "x-arr-ssl",
+        # host and URL
+        "x-host",
+        "x-http-host-override",
+        "x-rewrite-url",
+    }
+)
+# ... and every inbound header whose name starts with one of these (X-Forwarded-Ssl,
+# -Scheme, -Port, -Path, -Uri, -Prefix, -Server, X-Original-URI, -URL, -Host, ...)
+CLIENT_HINT_PREFIXES = ("x-forwarded-", "x-original-")
+# inbound headers never passed on (besides the identity headers, those the client's
+# Connection header names, and the CLIENT_HINT_PREFIXES): hop-by-hop, those the
+# gateway writes itself, the client hints, and method overrides some frameworks
+# honour, which would let the upstream act with another method than the one judged
+_NOT_FORWARDED = (
+    HOP_BY_HOP
+    | CLIENT_HINT_HEADERS
+    | {"host", "expect", "x-http-method-override", "x-http-method", "x-method-override"}
+)
 # upstream answer headers the gateway's server writes itself
 _NOT_RETURNED = HOP_BY_HOP | {"date", "server"}
 _HOST = re.compile(r"[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?\Z|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?\Z")
@@ -344,7 +370,8 @@ class ProxyApp:
         body, length = _request_body(environ)
         if length is not None:
             headers.append(("Content-Length", str(length)))
-        url = upstream.upstream_path(info.path) + ("?" + query if query else "")
+        path = upstream.upstream_path(info.path)
+        url = path + ("?" + query if query else "")
         state_changing = info.method not in SAFE_METHODS
         audit_fields: dict[str, Any] = {
             "user": identity.subject if identity is not None else None,
@@ -361,12 +388,12 @@ class ProxyApp:
             if bridge.scheme == "digest" and length is not None and length <= REPLAY_LIMIT:
                 body = b"".join(body) if body is not None else None  # small: may be resent
         replayable = body is None or isinstance(body, bytes)
-        probed = False
+        challenged = False
         try:
             if bridge is not None and bridge.scheme == "digest" and not replayable:
-                # a body that cannot be sent twice goes with a challenge known to be
-                # good: a bodiless probe first learns a fresh one if needed
-                probed = self._learn_challenge(upstream, bridge, url)
+                # a body that cannot be sent twice goes with a challenge issued just
+                # now, earned by an anonymous probe that cannot act (_learn_challenge)
+                challenged = self._learn_challenge(upstream, bridge, path, _upstream_host(call))
             for attempt in (1, 2):
                 sent = headers
                 if bridge is not None:
@@ -383,10 +410,10 @@ class ProxyApp:
                 resp.release()
                 if attempt == 1 and retry and replayable:
                     continue
-                # a streamed body went with the challenge its probe confirmed: a 401
-                # now is a refusal; without a probe's answer the new challenge is
-                # remembered and the next try carries it
-                unsent = attempt == 1 and retry and not probed
+                # a streamed body went with the challenge its probe earned: a 401 now
+                # is a refusal; without one (the probe was not challenged) the new
+                # challenge is remembered and the next try carries it
+                unsent = attempt == 1 and retry and not challenged
                 svc.audit.emit(
                     "device_login_failed",
                     **audit_fields,
@@ -488,12 +515,17 @@ class ProxyApp:
             return resp(environ, start_response)
         headers = self._request_headers(call)
         headers += [("Connection", "Upgrade"), ("Upgrade", "websocket")]
-        target = upstream.upstream_path(info.path) + ("?" + query if query else "")
+        path = upstream.upstream_path(info.path)
+        target = path + ("?" + query if query else "")
         bridge = upstream.credentials if owner is not None else None
         if upstream.credentials is not None:  # the device's login is the gateway's
             headers = [(k, v) for k, v in headers if k.lower() != "authorization"]
         if bridge is not None:
-            authorization = self._device_authorization(upstream, bridge, target)
+            if bridge.scheme == "digest" and not bridge.has_challenge:
+                # the handshake cannot be sent twice: a device not heard from yet
+                # is asked for its challenge first
+                self._learn_challenge(upstream, bridge, path, _upstream_host(call))
+            authorization = bridge.authorization("GET", target)
             if authorization is not None:
                 headers.append(("Authorization", authorization))
         try:
@@ -582,49 +614,54 @@ class ProxyApp:
             sock.close()
         return TAKEN_OVER
 
-    def _device_authorization(
-        self, upstream: Upstream, bridge: DeviceCredentials, target: str
-    ) -> str | None:
-        """The Authorization for a WebSocket handshake (which cannot be sent
-        twice): a Digest upstream not heard from yet is asked for its challenge
-        first."""
-        if bridge.scheme == "digest" and not bridge.has_challenge:
-            self._learn_challenge(upstream, bridge, target)
-        return bridge.authorization("GET", target)
+    def _learn_challenge(
+        self, upstream: Upstream, bridge: DeviceCredentials, path: str, host: str
+    ) -> bool:
+        """Earn a fresh Digest challenge before a request that cannot be sent
+        twice (a streamed body, a WebSocket handshake): a probe that can never act
+        on the device.  It carries no credentials, so an address the device
+        protects refuses it before any handler runs, with the ``401`` whose
+        challenge the real request then answers; no body and no query, so where
+        the device does not protect the address its handler gets no action
+        parameters (``?action=open``); only ``Host``.  The path stays: a device
+        may protect (and challenge) per path.  It is a ``GET``, the one method
+        every embedded server implements: one without ``HEAD`` answers it
+        ``405``/``501`` before checking credentials (no challenge to learn), an
+        answer to ``HEAD`` costs the pooled connection (upstream_client), and a
+        CGI handler runs for ``HEAD`` as for ``GET`` anyway.
 
-    def _learn_challenge(self, upstream: Upstream, bridge: DeviceCredentials, target: str) -> bool:
-        """Ask a Digest device for a fresh challenge before a request that cannot
-        be sent twice: a bodiless ``GET`` of the same address, with the current
-        challenge's answer when there is one.  A ``401`` teaches the new
-        challenge; any other answer means the current one is good.  False when
-        the device did not answer (the request itself then reports why)."""
-        headers = [("Host", upstream.host_header)]
-        authorization = bridge.authorization("GET", target)
-        if authorization is not None:
-            headers.append(("Authorization", authorization))
+        True when the probe was answered ``401`` and a challenge is known (the
+        one it brought, normally): a ``401`` to the real request is then a
+        refusal.  False when the device did not answer (the request itself then
+        reports why) or answered anything else: nothing is learned from that (it
+        says nothing about the real request either), and the real request goes
+        with the challenge already known, if any, still once."""
         try:
-            probe = upstream.pool.request("GET", target, headers)
+            probe = upstream.pool.request("GET", path, [("Host", host)])
         except (OSError, InvalidRequest):
             return False
-        if probe.status == 401:
-            bridge.learn(probe.getlist("WWW-Authenticate"))
-            probe.drain()
-            probe.release()
-        else:
-            probe.close()  # its body is of no interest (and may be long)
-        return True
+        if probe.status != 401:
+            probe.close()  # not a challenge: its body is of no interest (and may be long)
+            return False
+        bridge.learn(probe.getlist("WWW-Authenticate"))
+        probe.drain()
+        probe.release()
+        return bridge.has_challenge
 
     def _request_headers(self, call: _Call) -> list[tuple[str, str]]:
         svc = self.svc
-        environ, upstream = call.environ, call.upstream
+        environ = call.environ
         connection_named = _connection_tokens([environ.get("HTTP_CONNECTION", "")])
         own = svc.identity_header_names
         headers: list[tuple[str, str]] = []
         for key, value in environ.items():
             if not key.startswith("HTTP_"):
                 continue
-            name, title = _header_name(key)
-            if name in _NOT_FORWARDED or name in connection_named or name in own:
+            spelt = _inbound_name(key)
+            if spelt is None:
+                continue
+            name, title = spelt
+            if name in connection_named or name in own:
                 continue
             if name == "cookie":
                 value = self._without_own_cookies(value)
@@ -633,9 +670,7 @@ class ProxyApp:
             headers.append((title, value))
         if environ.get("CONTENT_TYPE"):
             headers.append(("Content-Type", environ["CONTENT_TYPE"]))
-        headers.append(
-            ("Host", call.req.host if upstream.settings.preserve_host else upstream.host_header)
-        )
+        headers.append(("Host", _upstream_host(call)))
         forwarded = call.forwarded
         headers.append(("X-Forwarded-For", ", ".join(forwarded.chain)))
         headers.append(("X-Forwarded-Proto", forwarded.proto))
@@ -883,6 +918,12 @@ def _request_body(environ: dict[str, Any]) -> tuple[Iterable[bytes] | None, int 
     return None, None
 
 
+def _upstream_host(call: _Call) -> str:
+    """The ``Host`` sent upstream (see ``preserve_host``)."""
+    upstream = call.upstream
+    return call.req.host if upstream.settings.preserve_host else upstream.host_header
+
+
 def _raw_uri(environ: dict[str, Any]) -> str:
     raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
     if raw:
@@ -928,9 +969,13 @@ _MEMO_VALUE_LENGTH = 256
 
 
 @functools.lru_cache(maxsize=_MEMO_LIMIT)
-def _header_name(key: str) -> tuple[str, str]:
-    """A WSGI ``HTTP_X_THING`` key as (``x-thing``, ``X-Thing``)."""
+def _inbound_name(key: str) -> tuple[str, str] | None:
+    """A WSGI ``HTTP_X_THING`` key as (``x-thing``, ``X-Thing``), or None for a
+    header never passed upstream whatever the request (_NOT_FORWARDED and the
+    CLIENT_HINT_PREFIXES)."""
     lower = key[5:].replace("_", "-").lower()
+    if lower in _NOT_FORWARDED or lower.startswith(CLIENT_HINT_PREFIXES):
+        return None
     return lower, lower.title()
 
 

@@ -29,6 +29,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from gateway.assertion import verify
+from gateway.views.proxy import REPLAY_LIMIT
 from tests.integration.conftest import (
     ALICE,
     JWT_AUDIENCE,
@@ -68,6 +69,67 @@ SPOOFED: tuple[tuple[str, str], ...] = (
     ("x_auth_request_jwt", "forged"),
     ("X-Auth-Request-Extension", "0000"),
     ("x_auth_request_department", "IT"),
+)
+
+# address, scheme, host and URL hints a client might send to mislead the upstream, in
+# the spellings it might try (any case, '_' for '-'): none may arrive (the gateway
+# writes X-Forwarded-For/-Proto/-Host itself)
+CLIENT_HINTS: tuple[tuple[str, str], ...] = (
+    ("X-Client-IP", "10.20.30.5"),
+    ("x-client-ip", "10.20.30.5"),
+    ("X_CLIENT_IP", "10.20.30.5"),
+    ("Client-IP", "10.20.30.5"),
+    ("True-Client-IP", "10.20.30.5"),
+    ("true_client_ip", "10.20.30.5"),
+    ("X-Real-IP", "10.20.30.5"),
+    ("X-REAL-IP", "10.20.30.5"),
+    ("X-Cluster-Client-IP", "10.20.30.5"),
+    ("X-ProxyUser-Ip", "10.20.30.5"),
+    ("Proxy-Client-IP", "10.20.30.5"),
+    ("WL-Proxy-Client-IP", "10.20.30.5"),
+    ("CF-Connecting-IP", "10.20.30.5"),
+    ("Fastly-Client-IP", "10.20.30.5"),
+    ("X-Remote-IP", "10.20.30.5"),
+    ("X-Remote-Addr", "10.20.30.5"),
+    ("X-Originating-IP", "10.20.30.5"),
+    ("Forwarded", "for=10.20.30.5;proto=https;host=admin.example"),
+    ("Forwarded-For", "10.20.30.5"),
+    ("X-Forwarded", "for=10.20.30.5"),
+    ("X-Original-URI", "/admin/"),
+    ("x-original-uri", "/admin/"),
+    ("X_Original_URI", "/admin/"),
+    ("X-Original-URL", "https://admin.example/admin/"),
+    ("X-Original-Host", "admin.example"),
+    ("X-Original-Method", "DELETE"),
+    ("X-Forwarded-Path", "/admin/"),
+    ("X-Forwarded-Uri", "/admin/"),
+    ("X-Forwarded-Prefix", "/admin"),
+    ("X-Forwarded-Server", "admin.example"),
+    ("X-Forwarded-Port", "443"),
+    ("X-Forwarded-Scheme", "https"),
+    ("x_forwarded_scheme", "https"),
+    ("X-Forwarded-Ssl", "on"),
+    ("X-FORWARDED-SSL", "on"),
+    ("X-Forwarded-Protocol", "https"),
+    ("X-Forwarded-Client-Cert", "Hash=0;Subject=CN=admin"),
+    ("X-Forwarded-Anything", "a name made up after this list was written"),
+    ("X-Host", "admin.example"),
+    ("X-HTTP-Host-Override", "admin.example"),
+    ("Front-End-Https", "on"),
+    ("front_end_https", "on"),
+    ("X-Url-Scheme", "https"),
+    ("X-Scheme", "https"),
+    ("X-ARR-SSL", "on"),
+    ("X-Rewrite-URL", "/admin/"),
+)
+# the client's own versions of the three the gateway writes, spelt oddly too
+CLIENT_FORWARDING: tuple[tuple[str, str], ...] = (
+    ("x-forwarded-for", "10.20.30.5"),
+    ("X_FORWARDED_FOR", "10.20.30.6"),
+    ("X-FORWARDED-PROTO", "https"),
+    ("x_forwarded_proto", "https"),
+    ("x-forwarded-host", "admin.example"),
+    ("X_Forwarded_Host", "admin.example"),
 )
 
 MB = 1024 * 1024
@@ -491,6 +553,45 @@ def test_hop_by_hop_and_forwarding_headers(proxied: Stack) -> None:
     assert "X-Upstream-Private" not in resp.headers
 
 
+def _assert_no_client_hints(seen: SeenRequest, host: str) -> None:
+    for name, _ in CLIENT_HINTS:
+        assert seen.get_all(name) == [], name
+    # X-Forwarded-* and X-Original-* are the gateway's three, each once, its own values
+    assert seen.get("X-Forwarded-For") == "127.0.0.1"
+    assert seen.get("X-Forwarded-Proto") == "http"
+    assert seen.get("X-Forwarded-Host") == host
+    prefixed = {
+        name.lower().replace("_", "-")
+        for name in seen.names()
+        if name.lower().replace("_", "-").startswith(("x-forwarded", "x-original"))
+    }
+    assert prefixed == {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+    assert "10.20.30." not in repr(seen.headers)
+    assert "admin.example" not in repr(seen.headers)
+
+
+@pytest.mark.parametrize("route", ["allowed", "public"])
+def test_client_address_scheme_and_url_hints_never_arrive(proxied: Stack, route: str) -> None:
+    """Headers by which a client could tell the upstream another address, scheme,
+    host or URL (X-Client-IP, True-Client-IP, X-Original-URI, X-Forwarded-Ssl,
+    ...) never reach it, in any spelling; the gateway's own X-Forwarded-For,
+    -Proto and -Host do, once each."""
+    # raw socket: requests would merge names that differ in case only
+    lines = "".join(f"{name}: {value}\r\n" for name, value in CLIENT_HINTS + CLIENT_FORWARDING)
+    host = f"127.0.0.1:{proxied.gateway.port}"
+    if route == "allowed":
+        head = f"GET /console/status HTTP/1.1\r\nCookie: {_cookie(proxied.client)}\r\n"
+    else:  # anonymous, on a public route
+        head = "GET /public/lobby HTTP/1.1\r\n"
+    raw = f"{head}Host: {host}\r\n{lines}Connection: close\r\n\r\n"
+    answer = _raw_request(proxied.gateway.port, raw.encode())
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    [seen] = proxied.upstream.seen
+    if route == "allowed":
+        assert seen.get("X-Auth-Request-User") == "alice"
+    _assert_no_client_hints(seen, host)
+
+
 def test_upstream_cannot_set_the_gateways_cookies(proxied: Stack) -> None:
     resp = http_client().get(proxied.url("/public/setcookie"), timeout=10)
     assert resp.status_code == 200
@@ -624,11 +725,13 @@ def test_digest_device_login_challenge_once_then_preemptive(proxied: Stack) -> N
         proxied.url("/doordigest/firmware/upload"), data=_Payload(5 * MB), timeout=30
     )
     assert big.json() == {"received": 5 * MB}  # streamed, with the remembered challenge
-    assert login.challenges == challenges  # no new challenge was needed
+    # ...after an anonymous probe that earned a fresh challenge for it (it never
+    # carries credentials, see test_digest_probe_can_never_act_on_the_device)
+    assert login.challenges == challenges + 1
     login.expire_nonces()  # the device forgets its nonces: answered again, transparently
     resp = proxied.client.post(proxied.url("/doordigest/relays/1/open"), data=b"pulse", timeout=10)
     assert resp.status_code == 200
-    assert login.challenges == challenges + 1
+    assert login.challenges == challenges + 2
     actions = proxied.gateway.audit_events("proxy_action")
     assert actions[-1]["upstream"] == "door-digest" and actions[-1]["status"] == 200
 
@@ -639,7 +742,8 @@ def _puts(device: ProxyUpstream, path: str) -> list[SeenRequest]:
 
 def test_large_body_to_a_digest_device_not_heard_from_yet(proxied: Stack) -> None:
     """A body over the replay limit cannot be sent twice: the bridge asks the
-    device for its challenge with a bodiless GET first, then sends it once."""
+    device for its challenge with an anonymous bodiless GET first, then sends it
+    once."""
     proxied.digest.reset()
     resp = proxied.client.put(
         proxied.url("/doorupload/firmware/upload"), data=_Payload(3 * MB), timeout=30
@@ -649,6 +753,53 @@ def test_large_body_to_a_digest_device_not_heard_from_yet(proxied: Stack) -> Non
     [probe, upload] = [s for s in proxied.digest.seen if s.path == "/doorupload/firmware/upload"]
     assert (probe.method, probe.get("Authorization")) == ("GET", None)
     assert upload.method == "PUT" and (upload.get("Authorization") or "").startswith("Digest ")
+
+
+@pytest.mark.parametrize("kind", ["chunked", "over-the-replay-limit"])
+def test_digest_probe_can_never_act_on_the_device(proxied: Stack, kind: str) -> None:
+    """A body that cannot be sent twice (chunked, or over 1 MiB) goes after a probe
+    for a fresh challenge.  Even when the bridge already holds a good challenge,
+    the probe carries no credentials (the device only answers it with a 401), no
+    body and no query (no ``?action=toggle``): the only authenticated request the
+    device ever sees is the real one, the one the policy judged, sent once."""
+    login = proxied.digest._server.login
+    assert login is not None
+    resp = proxied.client.get(proxied.url("/doordigest/relays"), timeout=10)
+    assert resp.status_code == 200  # the bridge now holds a challenge the device accepts
+    challenges = login.challenges
+    proxied.digest.reset()
+    actions = len(proxied.gateway.audit_events("proxy_action"))
+    data: Any
+    if kind == "chunked":
+        data, size = iter([b"pu", b"lse"]), 5  # small, but cannot be sent twice
+    else:
+        data, size = _Payload(REPLAY_LIMIT + MB), REPLAY_LIMIT + MB
+    target = "/doordigest/relay/upload?action=toggle"
+    resp = proxied.client.post(proxied.url(target), data=data, timeout=30)
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"received": size}
+    seen = proxied.digest.seen
+    [real] = [s for s in seen if s.get_all("Authorization")]
+    assert (real.method, real.path) == ("POST", target)
+    assert (real.get("Authorization") or "").startswith("Digest ")
+    if kind == "chunked":
+        assert real.get("Transfer-Encoding") == "chunked"
+    else:
+        assert real.get("Content-Length") == str(size)
+    # everything else it saw: the probe, anonymous, bodiless, without the query
+    assert [(s.method, s.path) for s in seen if s is not real] == [
+        ("GET", "/doordigest/relay/upload")
+    ]
+    [probe] = [s for s in seen if s is not real]
+    assert [name.lower() for name in probe.names()] == ["host"]
+    assert seen.index(probe) < seen.index(real)
+    assert login.challenges == challenges + 1  # the probe's, answered by the real request
+    [action] = proxied.gateway.audit_events("proxy_action")[actions:]
+    assert (action["method"], action["path"], action["status"]) == (
+        "POST",
+        "/doordigest/relay/upload",
+        200,
+    )
 
 
 def test_large_body_to_a_digest_device_whose_nonce_went_stale(proxied: Stack) -> None:
@@ -690,7 +841,7 @@ def test_websocket_handshake_to_a_digest_device_carries_the_credentials(
     proxied.digest.reset()
     with pytest.raises(InvalidStatus) as info:
         with connect(
-            f"ws://127.0.0.1:{proxied.gateway.port}/doorws/events",
+            f"ws://127.0.0.1:{proxied.gateway.port}/doorws/events?camera=2",
             additional_headers={"Cookie": _cookie(proxied.client)},
             open_timeout=10,
         ):
@@ -698,7 +849,15 @@ def test_websocket_handshake_to_a_digest_device_carries_the_credentials(
     assert info.value.response.status_code == 200
     handshake = [s for s in proxied.digest.seen if s.get("Upgrade") == "websocket"]
     assert len(handshake) == 1
+    assert handshake[0].path == "/doorws/events?camera=2"
     assert (handshake[0].get("Authorization") or "").startswith("Digest ")
+    # the probe before it: anonymous, without the query
+    [probe] = [s for s in proxied.digest.seen if s.get("Upgrade") is None]
+    assert (probe.method, probe.path, probe.get_all("Authorization")) == (
+        "GET",
+        "/doorws/events",
+        [],
+    )
 
 
 def test_bridge_is_never_used_without_an_authorised_person(proxied: Stack) -> None:
