@@ -49,7 +49,7 @@ import httptools
 from gateway.access_log import WRITTEN_BY_SERVER, AccessLog
 from gateway.sockets import send_all
 
-__all__ = ["SERVER_SOFTWARE", "ConnectionServer", "Limits"]
+__all__ = ["SERVER_SOFTWARE", "BodyEndedEarly", "ConnectionServer", "Limits"]
 
 SERVER_SOFTWARE = "sso-gateway"  # environ["SERVER_SOFTWARE"]: this server, plain HTTP
 
@@ -99,6 +99,11 @@ class _Refused(Exception):
         self.status = status
 
 
+class BodyEndedEarly(ConnectionResetError):
+    """``wsgi.input`` read past what the client sent: it closed the connection
+    (or sent a malformed chunk) before the request body's end."""
+
+
 class _Request:
     __slots__ = (
         "body",
@@ -108,6 +113,7 @@ class _Request:
         "headers",
         "keep_alive",
         "method",
+        "trailers",
         "url",
         "version",
     )
@@ -122,6 +128,7 @@ class _Request:
         self.expect_continue = False
         self.body: deque[bytes] = deque()
         self.complete = False
+        self.trailers = -1  # trailer fields seen after a chunked body; -1 while in the head
 
 
 class ConnectionServer:
@@ -211,10 +218,16 @@ class _Connection:
     def on_header(self, name: bytes, value: bytes) -> None:
         req = self.parsing
         assert req is not None
-        if len(req.headers) >= self.limits.fields:
+        if len(req.headers) + max(req.trailers, 0) >= self.limits.fields:
             raise _Refused(_TOO_LARGE, "too many header fields")
         if len(name) + len(value) > self.limits.field:
             raise _Refused(_TOO_LARGE, "a header field is too long")
+        if req.trailers >= 0:
+            # a trailer field (llhttp reports them through this same callback):
+            # never a header - a front proxy controls the head, not the trailers,
+            # so an X-Forwarded-For here would be the client's own word
+            req.trailers += 1
+            return
         req.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -224,6 +237,7 @@ class _Connection:
         req.version = parser.get_http_version()
         req.method = parser.get_method().decode("ascii")
         req.keep_alive = parser.should_keep_alive()
+        req.trailers = 0  # fields from now on are trailers
         self.ready.append(req)
 
     def on_body(self, body: bytes) -> None:
@@ -594,9 +608,12 @@ class _Input:
             conn.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
             if not conn.fill():
-                return False  # the client stopped sending: the app sees a short body
-        except _Refused:
-            return False
+                # the client stopped sending before the body's end: never a short
+                # body that looks complete (a proxied chunked upload would reach
+                # the upstream as a whole request); the app sees a broken stream
+                raise BodyEndedEarly("the client stopped sending the request body")
+        except _Refused as exc:
+            raise BodyEndedEarly(f"the request body is malformed: {exc}") from None
         return True
 
     def read(self, size: int | None = -1) -> bytes:

@@ -12,7 +12,9 @@ and returns the decoded canonical path:
   backslash, ``?`` or ``#`` (browsers percent-encode everything else);
 * every ``%XX`` escape must be well formed; the path is decoded exactly once, as
   strict UTF-8 (overlong forms such as ``%C0%AF`` are invalid UTF-8);
-* refused after decoding: an encoded ``/`` or ``\\`` (``%2F``, ``%5C``), any ``\\``,
+* refused after decoding: an encoded ``/`` or ``\\`` (``%2F``, ``%5C``), an encoded
+  ``?`` or ``#`` (``%3F``, ``%23``: a server that decodes before it splits off the
+  query would end the path there), any ``\\``,
   any ``%`` left over (double encoding such as ``%252F``), any ``;`` (path
   parameters such as ``/admin;jsessionid=x`` or ``/..;/``), control and format
   characters (``%00``, ``%0A``, U+200B ...), characters whose compatibility form
@@ -51,7 +53,7 @@ _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _ENCODED_SEPARATOR = re.compile(r"%(?:2[Ff]|5[Cc])")
 _RAW_ALLOWED = re.compile(r"[!-~]*")  # printable ASCII, no space
 _RAW_FORBIDDEN = frozenset("\\?#")
-_DECODED_FORBIDDEN = frozenset("\\%;")
+_DECODED_FORBIDDEN = frozenset("\\%;?#")
 _STRUCTURAL = frozenset("/\\.%;?#")
 _REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 _ABSOLUTE_FORM = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
@@ -106,7 +108,12 @@ def _normalise(raw: str, *, refuse_dot_segments: bool = False) -> str:
 def _check_decoded(decoded: str) -> None:
     for char in _DECODED_FORBIDDEN:
         if char in decoded:
-            what = {"%": "a '%' after decoding (double encoding)", ";": "a ';' path parameter"}
+            what = {
+                "%": "a '%' after decoding (double encoding)",
+                ";": "a ';' path parameter",
+                "?": "an encoded '?' (%3F): a server that decodes first ends the path there",
+                "#": "an encoded '#' (%23): a server that decodes first ends the path there",
+            }
             raise AmbiguousPath(f"path contains {what.get(char, repr(char))}")
     if decoded.isascii():
         for char in decoded:

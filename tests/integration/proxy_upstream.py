@@ -114,6 +114,7 @@ class _Server(ThreadingHTTPServer):
         if tls is not None:
             self.socket = tls.wrap_socket(self.socket, server_side=True)
         self.seen: list[SeenRequest] = []
+        self.uploads: list[tuple[str, int]] = []  # (path, bytes) of bodies read whole
         self.lock = threading.Lock()
         self.release = threading.Event()
 
@@ -138,7 +139,11 @@ class _Handler(BaseHTTPRequestHandler):
         total = 0
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
             while True:
-                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                line = self.rfile.readline().split(b";")[0].strip()
+                try:
+                    size = int(line, 16)
+                except ValueError:
+                    raise OSError(f"malformed chunk size {line!r}") from None
                 if size == 0:
                     while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                         pass
@@ -177,6 +182,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return
         if last == "upload":
             count = self._read_body()
+            with self.server.lock:
+                self.server.uploads.append((url.path, count))
             self._send(200, json.dumps({"received": count}).encode())
             return
         self._read_body()
@@ -282,6 +289,8 @@ class _Handler(BaseHTTPRequestHandler):
             super().handle()
         except (ssl.SSLError, ConnectionError):
             return  # a refused TLS client: nothing to answer
+        except OSError:
+            return  # a request cut short (its body never ended): nothing to answer
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _answer
 
@@ -303,9 +312,17 @@ class ProxyUpstream(RecordingUpstream):
         release: threading.Event = self._server.release
         return release
 
+    @property
+    def uploads(self) -> list[tuple[str, int]]:
+        """(path, bytes) of every ``.../upload`` body the upstream read whole."""
+        with self._server.lock:
+            return list(self._server.uploads)
+
     def reset(self) -> None:
         super().reset()
         self._server.release.clear()
+        with self._server.lock:
+            self._server.uploads.clear()
 
     def stop(self) -> None:
         self._server.release.set()  # no handler left waiting for it

@@ -21,7 +21,7 @@ from werkzeug.wrappers import Request
 
 from gateway.access_log import WRITTEN_BY_SERVER, AccessLog, AccessLogMiddleware, note
 from gateway.core.model import Identity
-from gateway.http_server import ConnectionServer, Limits
+from gateway.http_server import BodyEndedEarly, ConnectionServer, Limits
 
 App = Callable[[dict[str, Any], Any], Any]
 
@@ -221,6 +221,86 @@ def test_chunked_request_body_reaches_the_app_dechunked(server: Server) -> None:
     )
     _, _, body, _ = exchange(server, raw)
     assert json.loads(body)["body"] == "abcde"
+
+
+def test_trailer_fields_never_become_request_headers(server: Server) -> None:
+    """Security review: llhttp hands trailers to the same callback as headers,
+    and a request that arrived in one piece had them joined to its head - a
+    client's trailer X-Forwarded-For after a front proxy's own header made the
+    gateway believe the client's address of choice."""
+    raw = (
+        b"POST /up HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 192.0.2.7\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+        b"2\r\nhi\r\n0\r\nX-Forwarded-For: 10.20.30.5\r\nX-Trailer-Test: yes\r\n"
+        b"Cookie: sso_gw=stolen\r\nHost: evil\r\n\r\n"
+    )
+    status, _, body, sock = exchange(server, raw)
+    facts = json.loads(body)
+    assert status == 200 and facts["body"] == "hi"
+    assert facts["HTTP_X_FORWARDED_FOR"] == "192.0.2.7"  # the head's, alone
+    assert facts["HTTP_HOST"] == "a"
+    assert "HTTP_X_TRAILER_TEST" not in facts and "HTTP_COOKIE" not in facts
+    sock.sendall(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")  # the connection carries on
+    assert json.loads(read_response(sock)[2])["PATH_INFO"] == "/next"
+
+
+def test_trailer_fields_count_against_the_field_limit() -> None:
+    s = Server(echo, limits=Limits(fields=8))
+    try:
+        trailers = b"".join(b"X-T%d: v\r\n" % i for i in range(8))
+        raw = (
+            b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"2\r\nhi\r\n0\r\n" + trailers + b"\r\n"
+        )
+        status, _, _, sock = exchange(s, raw)
+        assert status == 431
+        assert closed(sock)
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b"10\r\n wor",  # announces 16 bytes, sends 4, then the client is gone
+        b"5\r\nworld\r\n",  # a whole chunk, but never the last one
+        b"zz\r\nworld\r\n0\r\n\r\n",  # a malformed chunk after the body began
+    ],
+)
+def test_a_chunked_body_cut_short_is_an_error_never_a_short_body(tail: bytes) -> None:
+    """Security review: a chunked upload whose client stopped half way read as a
+    complete (shorter) body, so the proxy sent the upstream a whole request."""
+    seen: list[object] = []
+
+    def reader(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        try:
+            seen.append(environ["wsgi.input"].read())
+        except OSError as exc:
+            seen.append(exc)
+            raise
+        start_response("200 OK", [("Content-Length", "0")])
+        return [b""]
+
+    s = Server(reader)
+    try:
+        sock = s.connect()
+        sock.sendall(
+            b"POST /firmware HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n"
+        )
+        time.sleep(0.2)  # the app has begun to read what came
+        sock.sendall(tail)
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + 5
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(seen) == 1
+        assert isinstance(seen[0], BodyEndedEarly)
+        reply = sock.recv(65536)
+        assert not reply.startswith(b"HTTP/1.1 200")
+        sock.close()
+    finally:
+        s.close()
 
 
 def test_repeated_headers_are_joined_content_headers_have_no_prefix(server: Server) -> None:

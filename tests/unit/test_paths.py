@@ -29,7 +29,6 @@ from gateway.core.paths import encode_path, normalise_path, split_query
         ("/a/%2E/b", "/a/b"),
         ("/caf%C3%A9", "/caf\u00e9"),
         ("/a%20b", "/a b"),
-        ("/a%3Fb", "/a?b"),
         ("/api/users:search", "/api/users:search"),
         ("/x/~user/a-b_c.d", "/x/~user/a-b_c.d"),
         ("/[v1]|a^b", "/[v1]|a^b"),
@@ -69,6 +68,12 @@ def test_accepted_paths(raw: str, expected: str) -> None:
         "/%2561dmin",
         "/admin%25",
         "/%25%32%46",
+        # an encoded ? or #: a server that decodes before splitting ends the path there
+        "/admin%3F",
+        "/admin%3f/x",
+        "/api/doors/1/open%3F",
+        "/admin%23",
+        "/admin%23x",
         # path parameters
         "/admin;jsessionid=x",
         "/admin/..;/x",
@@ -144,7 +149,7 @@ def test_split_query(uri: str, expected: tuple[str, str]) -> None:
 
 
 def test_encode_path_round_trips() -> None:
-    for path in ("/", "/admin/", "/caf\u00e9/a b", "/a?b", "/x:y@z/!$&'()*+,="):
+    for path in ("/", "/admin/", "/caf\u00e9/a b", "/x:y@z/!$&'()*+,="):
         assert normalise_path(encode_path(path)) == path
 
 
