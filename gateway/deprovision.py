@@ -29,6 +29,25 @@ What a change means
     had and the tier their current groups give.  Groups *added* apply at the
     next sign-in.  Each revocation is one ``directory_revoked`` audit line.
 
+SAML and OIDC sessions: the directory link
+    Their identity comes from another provider, so :meth:`DeprovisionWatcher.link_at_login`
+    looks the person up when the session is made (by subject, UPN,
+    sAMAccountName: see :func:`directory_keys`) and keeps what it found in the
+    session's login facts (:class:`DirectoryLink`, server-side, where no
+    identity provider can assert it): the objectGUID, the DN, and the
+    session's groups that the directory gave the person too.  From then on the
+    session is matched by objectGUID like an LDAP sign-in, so "no longer found"
+    means deleted (a least-privilege bind account cannot see the tombstone),
+    a tombstone (which keeps its objectGUID but loses its userPrincipalName)
+    is matched by the change poll, and those groups are re-checked.  Someone
+    the directory does not know at login gets no link and is matched by name
+    as before: not found then means "never in the directory" (a cloud-only
+    account), never "deleted".  A directory that cannot be asked does not stop
+    the login (fail open: the identity provider has vouched for the person;
+    the login line says ``directory_lookup: unavailable`` and a
+    ``directory_lookup_failed`` line is written); such a session is linked by
+    the first check that finds its person by name.
+
 The backstop
     Every ``full_check_interval`` seconds (a slot of its own) the same check
     runs for every person with a live session, whatever changed: it catches a
@@ -45,14 +64,16 @@ import logging
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from ldap3.utils.conv import escape_filter_chars
 
 from gateway.audit import AuditLog
-from gateway.core.errors import StoreUnavailable
+from gateway.core.errors import ProviderUnavailable, StoreUnavailable
 from gateway.core.model import Identity
 from gateway.policy_holder import PolicyHolder
 from gateway.providers.ldap import PROVIDER_NAME as LDAP
@@ -66,13 +87,17 @@ from gateway.sessions.manager import Session, SessionManager
 from gateway.sessions.store import SessionStore
 from gateway.settings_ldap import LdapProviderSettings
 
-__all__ = ["DeprovisionWatcher", "PollReport", "directory_keys"]
+__all__ = ["LINK", "DeprovisionWatcher", "DirectoryLink", "PollReport", "directory_keys"]
 
 log = logging.getLogger(__name__)
 
 _MARK_TTL = 90 * 86400.0
 _NAME_ATTRIBUTES = ("userPrincipalName", "upn", "sAMAccountName", "preferred_username")
 _DN_SPACES = re.compile(r"\s*([,=+])\s*")
+LINK = "directory"  # a session's directory link, in its login facts
+# sessions that get no link: LDAP sign-ins carry the objectGUID themselves, and
+# local users are not directory people
+_UNLINKED_PROVIDERS = (LDAP, "local")
 
 
 def _norm_dn(dn: str) -> str:
@@ -88,19 +113,88 @@ def _norm_id(value: str) -> str:
     return value.lower()
 
 
-def directory_keys(identity: Identity) -> tuple[str, set[str]]:
+def _guid(value: Any) -> str:
+    """An objectGUID as canonical lower-case text; "" for anything that is not one."""
+    if not isinstance(value, str) or not value:
+        return ""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return ""
+
+
+@dataclass(frozen=True)
+class DirectoryLink:
+    """Who a SAML/OIDC session's person is in the directory (see the module
+    docstring), kept under :data:`LINK` in the session's login facts."""
+
+    guid: str
+    dn: str = ""
+    # the session's groups that the directory gave the person too, as
+    # normalised identifiers (see _norm_id): re-checked with the person
+    groups: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"guid": self.guid, "dn": self.dn, "groups": list(self.groups)}
+
+    @classmethod
+    def of(cls, session: Session) -> DirectoryLink | None:
+        data = session.login.get(LINK)
+        if not isinstance(data, dict):
+            return None
+        guid = _guid(data.get("guid"))
+        if not guid:
+            return None
+        dn, groups = data.get("dn"), data.get("groups")
+        return cls(
+            guid,
+            dn if isinstance(dn, str) else "",
+            tuple(g for g in groups if isinstance(g, str)) if isinstance(groups, list) else (),
+        )
+
+
+def directory_keys(identity: Identity, link: DirectoryLink | None = None) -> tuple[str, set[str]]:
     """(objectGUID or "", lower-cased names) by which a session's person is
-    matched to a directory entry.  LDAP sign-ins carry the person's objectGUID;
-    other providers are matched by their subject and the attributes
+    matched to a directory entry.  LDAP sign-ins carry the person's objectGUID,
+    other providers' sessions have it in their ``link`` when the directory knew
+    them at login; the others are matched by their subject and the attributes
     ``userPrincipalName``, ``upn``, ``sAMAccountName``, ``preferred_username``
-    (an adapter that puts the UPN there gets its sessions deprovisioned)."""
-    guid = identity.attributes.get("objectGUID", "").lower()
+    (an adapter that puts the UPN there gets its sessions deprovisioned).  A
+    value that is no objectGUID is ignored."""
+    guid = link.guid if link is not None else _guid(identity.attributes.get("objectGUID"))
     names = {identity.subject.lower()} if identity.subject else set()
     for attribute in _NAME_ATTRIBUTES:
         value = identity.attributes.get(attribute, "")
         if value:
             names.add(value.lower())
     return guid, names
+
+
+def _session_keys(session: Session) -> tuple[str, set[str]]:
+    return directory_keys(session.identity, DirectoryLink.of(session))
+
+
+def _names_filter(names: Iterable[str]) -> str:
+    """People whose userPrincipalName or sAMAccountName is one of ``names``
+    (each escaped per RFC 4515)."""
+    return (
+        "(|"
+        + "".join(
+            f"(userPrincipalName={escape_filter_chars(n)})(sAMAccountName={escape_filter_chars(n)})"
+            for n in sorted(names)
+        )
+        + ")"
+    )
+
+
+def _link_to(
+    entry: DirectoryEntry, groups: Iterable[DirectoryGroup], identity: Identity
+) -> DirectoryLink:
+    """``identity``'s link to ``entry``: the groups it holds (by any
+    identifier) that are among the person's directory groups."""
+    held = {_norm_id(x) for x in (*identity.groups, *identity.group_ids)}
+    current = {_norm_id(x) for g in groups for x in g.identifiers()}
+    return DirectoryLink(_guid(entry.guid), entry.dn, tuple(sorted(held & current)))
 
 
 @dataclass
@@ -113,14 +207,19 @@ class PollReport:
     entries_read: int = 0
     people_checked: int = 0
     revoked: list[str] = field(default_factory=list)  # users
+    linked: int = 0  # SAML/OIDC sessions given their directory link by this poll
 
 
 @dataclass
 class _Person:
     identity: Identity
     sessions: list[Session]
+    guid: str = ""  # the objectGUID the sessions are matched by; "" = by names
+    dn: str = ""  # their DN as the sessions know it
     groups_to_verify: set[str] = field(default_factory=set)  # normalised identifiers
     deleted_dn: str = ""  # seen as a deleted object in this poll
+    entry: DirectoryEntry | None = None  # the person as this check found them
+    groups: list[DirectoryGroup] = field(default_factory=list)  # and their groups now
 
 
 class DeprovisionWatcher:
@@ -182,6 +281,45 @@ class DeprovisionWatcher:
             self._last_failure_audit = now
             self._audit.emit("directory_watch_failed", reason=type(exc).__name__,
                              detail=str(exc)[:500])  # fmt: skip
+
+    # -- at sign-in (SAML, OIDC) -------------------------------------------------------
+    def link_at_login(
+        self, identity: Identity, login: dict[str, Any] | None
+    ) -> tuple[dict[str, Any] | None, str]:
+        """(login facts for the new session, outcome) for a sign-in of
+        ``identity``: the facts with the person's :class:`DirectoryLink` added
+        when the directory knows them.  The outcome (for the login audit line):
+        "found", "not-found", "ambiguous" (more than one person has those
+        names: no link), "unavailable" (no link; fail open, audited), or "" for
+        providers that need no link.  Never raises: the sign-in goes on."""
+        if identity.provider in _UNLINKED_PROVIDERS:
+            return login, ""
+        _, names = directory_keys(identity)
+        if not names:
+            return login, "not-found"
+        groups: list[DirectoryGroup] = []
+        try:
+            if self.directory.unreachable():
+                # the connect timeouts were just paid by another caller: do
+                # not make every sign-in wait for them during an outage
+                raise ProviderUnavailable("no domain controller answered recently")
+            found = self.directory.find_anywhere(_names_filter(names))
+            if len(found) == 1:
+                groups = self.directory.groups_of(found[0].dn)
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the sign-in goes on
+            log.warning("directory lookup at the sign-in of %s failed: %s", identity.subject, exc)
+            self._audit.emit("directory_lookup_failed", user=identity.subject,
+                             provider=identity.provider, reason=type(exc).__name__,
+                             detail=str(exc)[:500])  # fmt: skip
+            return login, "unavailable"
+        if len(found) > 1:
+            log.warning("directory lookup at sign-in: %d entries match %s; no link",
+                        len(found), identity.subject)  # fmt: skip
+            return login, "ambiguous"
+        if not found or not _guid(found[0].guid):
+            return login, "not-found"
+        link = _link_to(found[0], groups, identity)
+        return {**(login or {}), LINK: link.to_dict()}, "found"
 
     def tick(self) -> PollReport | None:
         """Poll if this process won the current slot; None when another did."""
@@ -253,13 +391,24 @@ class DeprovisionWatcher:
         people: dict[str, _Person] = {}
 
         def person_of(session: Session) -> _Person:
-            guid, _ = directory_keys(session.identity)
-            key = guid or f"{session.identity.provider}:{session.identity.subject.lower()}"
+            identity = session.identity
+            link = DirectoryLink.of(session)
+            guid, _ = directory_keys(identity, link)
+            # one person per provider: an LDAP and a SAML sign-in of the same
+            # person are checked by their own rules
+            key = f"{identity.provider}:" + (guid or f"name:{identity.subject.lower()}")
             person = people.get(key)
             if person is None:
-                person = people[key] = _Person(session.identity, [])
+                dn = (
+                    link.dn
+                    if link is not None
+                    else identity.attributes.get("distinguishedName", "")
+                )
+                person = people[key] = _Person(identity, [], guid=guid, dn=dn)
             if all(s.key != session.key for s in person.sessions):
                 person.sessions.append(session)
+                if link is not None:
+                    person.groups_to_verify.update(link.groups)
             return person
 
         if report.full:
@@ -276,7 +425,7 @@ class DeprovisionWatcher:
                         person_of(session).groups_to_verify.update(hit)
                 continue
             for session in live:
-                if _matches(entry, session.identity):
+                if _matches(entry, session):
                     person = person_of(session)
                     if entry.deleted:
                         person.deleted_dn = entry.dn
@@ -289,42 +438,45 @@ class DeprovisionWatcher:
                 verdict = self._check(person)
             if verdict is not None:
                 self._revoke(person, *verdict, report=report)
+            elif (
+                person.entry is not None
+                and not person.guid
+                and person.identity.provider not in _UNLINKED_PROVIDERS
+            ):
+                self._keep_link(person, report)
 
     def _check(self, person: _Person) -> tuple[str, str, Identity | None] | None:
         """(reason, dn, identity with current groups) when the person's sessions
         must end; None when they may stay."""
         identity = person.identity
-        guid, names = directory_keys(identity)
-        if guid:
-            flt = f"(objectGUID={guid_filter_value(guid)})"
+        _, names = directory_keys(identity)
+        if person.guid:
+            flt = f"(objectGUID={guid_filter_value(person.guid)})"
+        elif names:
+            flt = _names_filter(names)
         else:
-            flt = (
-                "(|"
-                + "".join(
-                    f"(userPrincipalName={escape_filter_chars(n)})(sAMAccountName={escape_filter_chars(n)})"
-                    for n in sorted(names)
-                )
-                + ")"
-            )
+            return None
         found = self.directory.find_anywhere(flt)
         if not found:
-            # an LDAP sign-in (or anyone matched by objectGUID) the directory no
-            # longer has was deleted; others were simply never in it
-            if identity.provider == LDAP or guid:
-                return ("deleted", identity.attributes.get("distinguishedName", ""), None)
+            # an LDAP sign-in, or anyone matched by objectGUID (a SAML/OIDC
+            # session linked at login), the directory no longer has was
+            # deleted; others were simply never in it
+            if identity.provider == LDAP or person.guid:
+                return ("deleted", person.dn, None)
             return None
         if len(found) > 1:
             log.warning("deprovisioning: %d directory entries match %s; left alone",
                         len(found), identity.subject)  # fmt: skip
             return None
         entry = found[0]
+        person.entry = entry
         if entry.disabled:
             return ("disabled", entry.dn, None)
         if identity.provider == LDAP and not self.directory.find_in_scope(
             f"(objectGUID={guid_filter_value(entry.guid)})"
         ):
             return ("out-of-scope", entry.dn, None)
-        groups = self.directory.groups_of(entry.dn)
+        groups = person.groups = self.directory.groups_of(entry.dn)
         current = {_norm_id(x) for g in groups for x in g.identifiers()}
         lost: set[str] = {g for g in person.groups_to_verify if g not in current}
         if identity.provider == LDAP:
@@ -332,6 +484,28 @@ class DeprovisionWatcher:
         if lost:
             return ("groups-removed", entry.dn, _with_groups(identity, groups))
         return None
+
+    def _keep_link(self, person: _Person, report: PollReport) -> None:
+        """Give the sessions of a SAML/OIDC person found by name the link their
+        login could not record (the directory was unavailable then, or the
+        session is older than links): from now on a deletion ends them too."""
+        assert person.entry is not None
+        if not _guid(person.entry.guid):
+            return
+        now = self._clock()
+        linked = 0
+        for session in person.sessions:
+            link = _link_to(person.entry, person.groups, session.identity)
+            try:
+                if self._sessions.add_login_fact(session.key, LINK, link.to_dict(), now=now):
+                    linked += 1
+            except StoreUnavailable as exc:
+                log.warning("could not keep a session's directory link: %s", exc)
+                break
+        if linked:
+            report.linked += linked
+            log.info("deprovisioning: %d session(s) of %s linked to %s", linked,
+                     person.identity.subject, person.entry.dn)  # fmt: skip
 
     def _revoke(
         self,
@@ -376,8 +550,8 @@ class DeprovisionWatcher:
         return tier.name if tier is not None else None
 
 
-def _matches(entry: DirectoryEntry, identity: Identity) -> bool:
-    guid, names = directory_keys(identity)
+def _matches(entry: DirectoryEntry, session: Session) -> bool:
+    guid, names = _session_keys(session)
     if guid and entry.guid:
         return guid == entry.guid.lower()
     if guid:

@@ -110,6 +110,23 @@ USERS: dict[str, IdpUser] = {
     )
 }  # fmt: skip
 
+# "ad.<name>" signs in <name>@corp.example.test, a person of the tests' Samba AD
+# domain (tests/samba_ad.py) that the test itself creates, asserting the group
+# Intercom-Operators: for the directory deprovisioning tests (tests/ldap)
+DIRECTORY_PREFIX = "ad."
+DIRECTORY_UPN_SUFFIX = "corp.example.test"
+
+
+def find_user(login: str) -> IdpUser | None:
+    """The IdP's user ``login``: one of USERS, or a directory person (above)."""
+    if login in USERS:
+        return USERS[login]
+    name = login.removeprefix(DIRECTORY_PREFIX)
+    if login.startswith(DIRECTORY_PREFIX) and 0 < len(name) <= 20 and name.isalnum():
+        return IdpUser(login, f"{name}@{DIRECTORY_UPN_SUFFIX}", name.title(),
+                       ("Intercom-Operators",))  # fmt: skip
+    return None
+
 
 # -- keys -------------------------------------------------------------------------
 
@@ -294,7 +311,7 @@ def create_app(state: IdpState) -> Any:
     @app.post("/login")
     def login() -> Response:
         user = request.form.get("user", "")
-        if user not in USERS:
+        if find_user(user) is None:
             return Response("unknown user", 403)
         cookie = secrets.token_urlsafe(16)
         state.sessions[cookie] = user
@@ -338,7 +355,8 @@ def create_app(state: IdpState) -> Any:
         sp_entity: str, in_response_to: str | None, user: str, relay_state: str
     ) -> Response:
         srv = server()
-        person = USERS[user]
+        person = find_user(user)
+        assert person is not None  # signed in: known
         acs = srv.config.metadata.assertion_consumer_service(sp_entity, BINDING_HTTP_POST)[0]
         destination = acs["location"]
         name_id = NameID(format=NAMEID_FORMAT_UNSPECIFIED, text=person.name_id or person.upn)

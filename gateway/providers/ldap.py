@@ -325,6 +325,13 @@ class LdapDirectory:
             self.entries_read += entries
 
     # -- connections ---------------------------------------------------------------
+    def unreachable(self) -> bool:
+        """Every domain controller failed within the last ``retry_down_after``
+        seconds: whoever may do without the directory (an optional lookup)
+        need not wait for the connect timeouts again."""
+        now = self._monotonic()
+        return all(self._down_until.get(s, 0.0) > now for s in self._servers)
+
     def _candidates(self) -> list[tuple[str, int]]:
         now = self._monotonic()
         up = [s for s in self._servers if self._down_until.get(s, 0.0) <= now]

@@ -188,7 +188,8 @@ class SessionManager:
 
         ``login`` keeps what the identity provider said about this login that
         logout needs later (OIDC ``sid``/``sub``/ID token, SAML NameID and
-        SessionIndex); it stays server-side."""
+        SessionIndex) and, with deprovisioning, who the person is in the
+        directory (see :mod:`gateway.deprovision`); it stays server-side."""
         token = secrets.token_urlsafe(32)
         key = session_key(token)
         record: dict[str, Any] = {
@@ -238,6 +239,30 @@ class SessionManager:
         if self.store.touch_session(session.key, record, ttl, session.identity.subject):
             if self._cache is not None:
                 self._cache.put(session.key, _to_session(session.key, record), epoch)
+
+    def add_login_fact(self, key: str, name: str, value: Any, *, now: float) -> bool:
+        """Add ``name: value`` to a live session's login facts after the fact
+        (the deprovisioning backstop's directory link for a session whose login
+        could not ask the directory).  Reads the stored record afresh and
+        replaces it only if the session still exists, so a deleted session is
+        never brought back.  Best effort: a concurrent touch from a stale cached
+        copy may write the record back without it.  False when the session is gone."""
+        record = self.store.get_session(key)
+        if record is None:
+            return False
+        try:
+            session = _to_session(key, record)
+        except (KeyError, TypeError, ValueError):
+            return False
+        if session.remaining(now) <= 0:
+            return False
+        record = {**record, "login": {**session.login, name: value}}
+        ttl = session.created + session.absolute - now + EXPIRED_GRACE
+        if not self.store.touch_session(key, record, ttl, session.identity.subject):
+            return False
+        if self._cache is not None:
+            self._cache.forget(key)
+        return True
 
     def delete(self, key: str) -> bool:
         if self._cache is not None:

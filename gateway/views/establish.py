@@ -4,7 +4,9 @@ whatever the provider (local users, OIDC, SAML, LDAP).
 The provider adapters only say *who* someone is; here the policy picks the
 primary tier and the session limits, the old session (if any) is replaced by a
 brand-new one (no session fixation), the login is audited and the browser is
-sent on to where it was going.
+sent on to where it was going.  With directory deprovisioning, a SAML or OIDC
+person is looked up in the directory first, so the session is matched to them
+by objectGUID later (:meth:`gateway.deprovision.DeprovisionWatcher.link_at_login`).
 """
 
 from __future__ import annotations
@@ -70,6 +72,13 @@ def create_session(
     limits = policy.session_limits(
         identity, ip, svc.settings.session.idle_timeout, svc.settings.session.absolute_lifetime
     )
+    if svc.deprovision is not None:
+        # SAML/OIDC: who the person is in the directory, so deprovisioning
+        # matches the session by objectGUID (a deletion ends it).  Bounded by
+        # the LDAP timeouts; never fails the sign-in (see gateway.deprovision)
+        login, outcome = svc.deprovision.link_at_login(identity, login)
+        if outcome:
+            audit_fields["directory_lookup"] = outcome
     old = load_session(svc, req, now)
     if isinstance(old, Session):
         svc.sessions.delete(old.key)

@@ -119,6 +119,15 @@ ACCOUNTS = {
             email="bob@corp.example.test",
             hasgroups=True,
         ),
+        # synced from Active Directory too: oidcgone there, created (in
+        # Intercom-Operators) and deleted by tests/ldap/test_deprovision_linked.py
+        _account(
+            "oidcgone",
+            oid="33333333-4444-4555-8666-777777777777",
+            preferred_username="oidcgone@corp.example.test",
+            email="oidcgone@corp.example.test",
+            groups=[G_OPERATORS],
+        ),
         _account("eve", tid=OTHER_TENANT, groups=[G_ADMINS]),
         _account("nobody", groups=[G_OTHER]),
     )

@@ -13,8 +13,9 @@ from ldap3.utils.conv import unescape_filter_chars
 
 from gateway.core.errors import ConfigError, ProviderUnavailable
 from gateway.core.model import Identity
-from gateway.deprovision import _norm_id, directory_keys
+from gateway.deprovision import DirectoryLink, _norm_id, directory_keys
 from gateway.providers.ldap import AD_BIND_REASONS, _bind_reason, guid_filter_value
+from gateway.sessions.manager import Session
 from gateway.settings import load_settings
 from gateway.settings_ldap import LdapProviderSettings
 
@@ -51,12 +52,41 @@ def test_guid_filter_values_escape_every_byte(value: uuid.UUID) -> None:
     assert unescape_filter_chars(escaped) != b""
 
 
+GUID = "6F9619FF-8B86-D011-B42D-00C04FC964FF"
+
+
 def test_directory_keys_of_identities() -> None:
-    attributes = {"objectGUID": "ABC", "userPrincipalName": "Bob@Corp.Test"}
+    attributes = {"objectGUID": GUID, "userPrincipalName": "Bob@Corp.Test"}
     ldap = Identity(subject="bob", provider="ldap", attributes=attributes)
-    assert directory_keys(ldap) == ("abc", {"bob", "bob@corp.test"})
+    assert directory_keys(ldap) == (GUID.lower(), {"bob", "bob@corp.test"})
     oidc = Identity(subject="oid-1", provider="oidc", attributes={"upn": "X@Y"})
     assert directory_keys(oidc) == ("", {"oid-1", "x@y"})
+    # a SAML/OIDC session's directory link (found at sign-in) gives the objectGUID
+    link = DirectoryLink(guid=GUID.lower(), dn="CN=X,DC=corp")
+    assert directory_keys(oidc, link) == (GUID.lower(), {"oid-1", "x@y"})
+
+
+def test_a_directory_link_is_read_from_the_login_facts_only_when_well_formed() -> None:
+    def link_of(facts: object) -> DirectoryLink | None:
+        record = {"login": {"directory": facts}}
+        session = Session("k", Identity(subject="x", provider="saml"), None, 0.0, 0.0, 1, 1, "",
+                          record)  # fmt: skip
+        return DirectoryLink.of(session)
+
+    good = {"guid": GUID, "dn": "CN=X", "groups": ["intercom-operators", 7]}
+    assert link_of(good) == DirectoryLink(GUID.lower(), "CN=X", ("intercom-operators",))
+    assert link_of({"guid": GUID}) == DirectoryLink(GUID.lower())
+    bad: object
+    for bad in (None, "x", [], {"guid": "nope"}, {"guid": 1}, {"dn": "CN=X"}):
+        assert link_of(bad) is None
+
+
+def test_a_value_that_is_no_object_guid_is_ignored() -> None:
+    # e.g. ADFS's base64 objectGUID mapped into a SAML identity's attributes:
+    # it must not be taken for a GUID (nor break the whole poll)
+    for value in ("ABC", "/5kZb4aLEdC0LQDAT8lk/w==", "*", ""):
+        saml = Identity(subject="x@y", provider="saml", attributes={"objectGUID": value})
+        assert directory_keys(saml) == ("", {"x@y"})
 
 
 def test_group_identifiers_compare_by_kind() -> None:

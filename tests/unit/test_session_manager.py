@@ -59,3 +59,22 @@ def test_a_short_id_that_two_stored_sessions_share_revokes_neither() -> None:
         manager.revoke_short_id(session.short_id)
     assert store.get_session(session.key) is not None
     assert store.get_session(twin) is not None
+
+
+def test_a_login_fact_added_later_keeps_the_rest_and_never_revives_a_session() -> None:
+    manager = SessionManager(MemoryStore(), "secret" * 8)
+    now = time.time()
+    _, session = manager.create(
+        ALICE, tier="operator", idle=60, absolute=600, client_ip="127.0.0.1", now=now,
+        login={"saml": {"name_id": "n"}},
+    )  # fmt: skip
+    assert manager.add_login_fact(session.key, "directory", {"guid": "g"}, now=now + 1)
+    loaded = manager.load(session.key, now + 2)
+    assert isinstance(loaded, Session)
+    assert loaded.login == {"saml": {"name_id": "n"}, "directory": {"guid": "g"}}
+    assert loaded.last_seen == session.last_seen and loaded.tier == "operator"
+    # a session that has ended (deleted, or past its limits) gets nothing
+    assert not manager.add_login_fact(session.key, "directory", {}, now=now + 61)
+    assert manager.delete(session.key)
+    assert not manager.add_login_fact(session.key, "directory", {}, now=now + 2)
+    assert manager.load(session.key, now + 2) is None
