@@ -246,6 +246,32 @@ def _preflight(settings: Settings) -> None:
     problems += _jwt_problems(settings)
     if problems:
         raise ConfigError(problems)
+    for warning in _proxy_overlap_warnings(settings):
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+def _proxy_overlap_warnings(settings: Settings) -> list[str]:
+    """Networks the policy decides by that share addresses with
+    ``network.trusted_proxies``: a client inside both may claim, through
+    X-Forwarded-For, any address of the policy's network (the walk from the
+    right skips trusted addresses and ends at the client's own words)."""
+    from gateway.core.network import overlaps, parse_networks
+    from gateway.policy_loader import load_policies
+
+    try:
+        policy = load_policies(settings.resolve_path(settings.policies_dir))
+    except ConfigError:
+        return []  # reported as problems already
+    trusted = parse_networks(settings.network.trusted_proxies)
+    warnings = []
+    for where, networks in policy.networks_in_use():
+        for proxy, net in overlaps(trusted, networks):
+            warnings.append(
+                f"network.trusted_proxies entry {proxy} overlaps {net} of {where}: a client "
+                f"in {proxy} may claim an address of {net} through X-Forwarded-For; list "
+                "only the proxies' own addresses"
+            )
+    return warnings
 
 
 def _jwt_problems(settings: Settings) -> list[Problem]:
@@ -318,6 +344,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if problems:
         print(f"{len(problems)} problem(s) found", file=sys.stderr)
         return 1
+    for warning in _proxy_overlap_warnings(settings):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"ok: {source} and its policies are valid")
     return 0
 

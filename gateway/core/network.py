@@ -14,7 +14,15 @@ import ipaddress
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
-__all__ = ["Network", "Networks", "client_address", "ip_in", "parse_address", "parse_networks"]
+__all__ = [
+    "Network",
+    "Networks",
+    "client_address",
+    "ip_in",
+    "overlaps",
+    "parse_address",
+    "parse_networks",
+]
 
 Network = IPv4Network | IPv6Network
 Networks = tuple[Network, ...]
@@ -35,6 +43,23 @@ def parse_networks(values: Iterable[str]) -> Networks:
         except ValueError as exc:
             raise ValueError(f"not a valid network {value!r}: {exc}") from exc
     return tuple(out)
+
+
+def overlaps(a: Networks, b: Networks) -> list[tuple[Network, Network]]:
+    """Pairs of networks of ``a`` and ``b`` that share addresses (IPv4 networks
+    are also compared with their IPv4-mapped IPv6 form)."""
+    pairs: list[tuple[Network, Network]] = []
+    for x in a:
+        for y in b:
+            if _as_v6(x).overlaps(_as_v6(y)):
+                pairs.append((x, y))
+    return pairs
+
+
+def _as_v6(net: Network) -> IPv6Network:
+    if isinstance(net, IPv6Network):
+        return net
+    return IPv6Network(f"::ffff:{net.network_address}/{96 + net.prefixlen}")
 
 
 def parse_address(value: str) -> IPv4Address | IPv6Address | None:

@@ -560,6 +560,20 @@ class PolicySet:
         keys = _identity_keys(groups, group_ids)
         return tuple(t for t in self._ranked if not t.keys.isdisjoint(keys))
 
+    def networks_in_use(self) -> tuple[tuple[str, Networks], ...]:
+        """Every network the policy decides by, with where it is named
+        (``route X``, ``tier X``, ``workstation X``)."""
+        found: list[tuple[str, Networks]] = []
+        for route in self.routes:
+            if route.conditions.networks:
+                found.append((f"route {route.name!r}", route.conditions.networks))
+        for tier in self.tiers:
+            if tier.conditions.networks:
+                found.append((f"tier {tier.name!r}", tier.conditions.networks))
+        for ws in self.workstations:
+            found.append((f"workstation {ws.name!r}", ws.networks))
+        return tuple(found)
+
     def tier(self, name: str) -> Tier | None:
         return next((t for t in self.tiers if t.name == name), None)
 

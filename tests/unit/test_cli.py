@@ -190,6 +190,20 @@ def test_check_and_serve_name_a_bad_published_jwt_key(
     assert run("check", "--config", str(site.config)).code == 0
 
 
+def test_check_warns_when_trusted_proxies_cover_a_network_the_policy_trusts(
+    run: Runner, site: Site
+) -> None:
+    """Security review: with trusted_proxies 10.0.0.0/8, a client at 10.0.5.7
+    sending X-Forwarded-For: 10.20.30.5 is taken for the security room."""
+    assert "warning" not in run("check", "--config", str(site.config)).err
+    text = site.config.read_text(encoding="utf-8")
+    site.config.write_text(text + "network:\n  trusted_proxies: [10.0.0.0/8]\n")
+    result = run("check", "--config", str(site.config))
+    assert result.code == 0  # a warning, not an error: the site may mean it
+    assert "warning: network.trusted_proxies entry 10.0.0.0/8 overlaps 10.20.30.0/24" in result.err
+    assert "workstation 'security-room'" in result.err
+
+
 def test_check_lists_every_policy_and_users_problem(run: Runner, site: Site) -> None:
     break_policy_and_users(site)
     result = run("check", "--config", str(site.config))

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.core.network import client_address, ip_in, parse_address, parse_networks
+from gateway.core.network import client_address, ip_in, overlaps, parse_address, parse_networks
 
 TRUSTED = parse_networks(["10.0.0.0/8", "fd00::/8"])
 
@@ -135,3 +135,13 @@ def test_cookie_value_matches_werkzeugs_parser() -> None:
         expected = parse_cookie(header).get("__Host-sso_gw")
         assert cookie_value(header, "__Host-sso_gw") == expected, header
     assert cookie_value(None, "__Host-sso_gw") is None
+
+
+def test_overlapping_networks_are_found_in_both_address_families() -> None:
+    trusted = parse_networks(["10.0.0.0/8", "::1/128", "fd00::/8"])
+    policy = parse_networks(["10.20.30.0/24", "192.168.0.0/16", "::ffff:10.1.0.0/112"])
+    assert [(str(a), str(b)) for a, b in overlaps(trusted, policy)] == [
+        ("10.0.0.0/8", "10.20.30.0/24"),
+        ("10.0.0.0/8", "::ffff:a01:0/112"),
+    ]
+    assert overlaps(parse_networks(["127.0.0.1/32"]), policy) == []
