@@ -17,8 +17,10 @@ and returns the decoded canonical path:
   query would end the path there), any ``\\``,
   any ``%`` left over (double encoding such as ``%252F``), any ``;`` (path
   parameters such as ``/admin;jsessionid=x`` or ``/..;/``), control and format
-  characters (``%00``, ``%0A``, U+200B ...), characters whose compatibility form
-  contains ``/ \\ . % ; ? #`` (fullwidth solidus, one-dot leader ...), and
+  characters (``%00``, ``%0A``, U+200B ...), characters with a compatibility form
+  (NFKC: fullwidth letters such as U+FF41, the fullwidth solidus, ligatures, the
+  one-dot leader ...: a server that normalises would read ``/%EF%BD%81dmin`` as
+  ``/admin``), and
   segments other than ``.`` and ``..`` that end in a dot or a space (Windows
   servers trim those, so ``/admin./`` would reach ``/admin/``);
 * repeated slashes collapse; ``.`` and ``..`` segments are resolved as RFC 3986
@@ -54,7 +56,6 @@ _ENCODED_SEPARATOR = re.compile(r"%(?:2[Ff]|5[Cc])")
 _RAW_ALLOWED = re.compile(r"[!-~]*")  # printable ASCII, no space
 _RAW_FORBIDDEN = frozenset("\\?#")
 _DECODED_FORBIDDEN = frozenset("\\%;?#")
-_STRUCTURAL = frozenset("/\\.%;?#")
 _REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 _ABSOLUTE_FORM = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
 # Characters left alone by encode_path besides letters, digits and "_.-~".
@@ -124,8 +125,10 @@ def _check_decoded(decoded: str) -> None:
         if unicodedata.category(char) in _REFUSED_CATEGORIES or char < " ":
             raise AmbiguousPath(f"path contains control or format character U+{ord(char):04X}")
         if not char.isascii():
+            # any compatibility character: a server that applies NFKC reads another
+            # path (a fullwidth a, U+FF41, turns /%EF%BD%81dmin into /admin)
             folded = unicodedata.normalize("NFKC", char)
-            if folded != char and any(c in _STRUCTURAL for c in folded):
+            if folded != char:
                 raise AmbiguousPath(
                     f"path contains U+{ord(char):04X}, which some servers read as {folded!r}"
                 )

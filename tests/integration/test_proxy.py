@@ -503,6 +503,8 @@ ADMIN_SPELLINGS = {
     # an encoded ? or #: a server that decodes before splitting would see /admin
     "/admin%3F": 400,
     "/admin%23x": 400,
+    # fullwidth a: a server that applies NFKC would read /admin/
+    "/%EF%BD%81dmin/": 400,
 }
 
 

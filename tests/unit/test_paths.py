@@ -28,6 +28,8 @@ from gateway.core.paths import encode_path, normalise_path, split_query
         ("/a/%2e%2e/b", "/b"),
         ("/a/%2E/b", "/a/b"),
         ("/caf%C3%A9", "/caf\u00e9"),
+        ("/%E3%83%89%E3%82%A2/", "/\u30c9\u30a2/"),  # katakana: no compatibility form
+        ("/T%C3%BCr%C3%B6ffner", "/T\u00fcr\u00f6ffner"),
         ("/a%20b", "/a b"),
         ("/api/users:search", "/api/users:search"),
         ("/x/~user/a-b_c.d", "/x/~user/a-b_c.d"),
@@ -106,6 +108,11 @@ def test_accepted_paths(raw: str, expected: str) -> None:
         "/%E2%80%A5/admin",
         "/admin%E2%80%8B",
         "/admin%E2%80%AE",
+        # compatibility characters: a server that applies NFKC reads /admin
+        "/%EF%BD%81dmin/",  # fullwidth a
+        "/%EF%BC%A1DMIN/",  # fullwidth A
+        "/%EF%AC%81le",  # the fi ligature
+        "/admin%C2%B2",  # superscript two
         # Windows trims trailing dots and spaces
         "/admin./",
         "/admin%20/",
