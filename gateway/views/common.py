@@ -113,15 +113,20 @@ def original_request(svc: Services, req: Request) -> Judged:
         uri = headers.get("X-Forwarded-Uri")
         fhost = headers.get("X-Forwarded-Host")
         if uri or fhost:
-            if not (fhost or "").split(",")[0].strip():
+            if not (fhost or "").strip():
                 # Traefik always names the host; without it the request would be
                 # judged as if it were for the gateway's own host name
                 raise AmbiguousPath("X-Forwarded-Uri without X-Forwarded-Host")
+            if "," in (fhost or ""):
+                # several hosts (repeated, or a list a proxy passed on): which one
+                # the request is for cannot be told, so no host's routes judge it
+                raise AmbiguousPath("X-Forwarded-Host names more than one host")
             uri = uri or "/"
             raw = uri.split("?", 1)[0]  # a '#' left in is refused by normalise_path
-            scheme = (headers.get("X-Forwarded-Proto") or req.scheme).split(",")[0].strip()
+            # the nearest proxy's word: the last entry, as public_scheme reads it
+            scheme = (headers.get("X-Forwarded-Proto") or req.scheme).split(",")[-1].strip()
             method = headers.get("X-Forwarded-Method") or "GET"
-            host = (fhost or req.host or "").split(",")[0].strip()
+            host = (fhost or "").strip()
             _check_pinned_host(req, host)
             return Judged(_info(host, raw, method, ip, scheme), True)
     environ = req.environ

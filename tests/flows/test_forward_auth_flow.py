@@ -285,3 +285,15 @@ def test_public_routes_do_not_extend_the_idle_timer(gw: Gateway) -> None:
         assert gw.auth("https://intercom.test/health").status_code == 202
     gw.clock.advance(1)
     assert gw.auth("https://intercom.test/doors/").status_code == 401
+
+
+@pytest.mark.parametrize(
+    "hosts", ["public.test, intercom.test", "intercom.test,intercom.test", "intercom.test ,"]
+)
+def test_several_forwarded_hosts_are_refused_never_one_picked(gw: Gateway, hosts: str) -> None:
+    """Which host's routes judge a request must never be a guess between a
+    client's value and a proxy's."""
+    gw.login("alice")
+    resp = gw.get("/.sso/auth", headers={"X-Forwarded-Host": hosts, "X-Forwarded-Uri": "/admin/"})
+    assert resp.status_code == 403
+    assert gw.events("denied")[-1]["reason"] == "ambiguous-request"
