@@ -289,9 +289,10 @@ class DeprovisionWatcher:
         """(login facts for the new session, outcome) for a sign-in of
         ``identity``: the facts with the person's :class:`DirectoryLink` added
         when the directory knows them.  The outcome (for the login audit line):
-        "found", "not-found", "ambiguous" (more than one person has those
-        names: no link), "unavailable" (no link; fail open, audited), or "" for
-        providers that need no link.  Never raises: the sign-in goes on."""
+        "found", "disabled" (found, and disabled in the directory: the caller
+        refuses the sign-in), "not-found", "ambiguous" (more than one person
+        has those names: no link), "unavailable" (no link; fail open, audited),
+        or "" for providers that need no link.  Never raises."""
         if identity.provider in _UNLINKED_PROVIDERS:
             return login, ""
         _, names = directory_keys(identity)
@@ -319,7 +320,8 @@ class DeprovisionWatcher:
         if not found or not _guid(found[0].guid):
             return login, "not-found"
         link = _link_to(found[0], groups, identity)
-        return {**(login or {}), LINK: link.to_dict()}, "found"
+        outcome = "disabled" if found[0].disabled else "found"
+        return {**(login or {}), LINK: link.to_dict()}, outcome
 
     def tick(self) -> PollReport | None:
         """Poll if this process won the current slot; None when another did."""

@@ -16,7 +16,7 @@ from typing import Any
 from flask import Response
 from werkzeug.wrappers import Request
 
-from gateway.core.errors import StoreUnavailable
+from gateway.core.errors import AuthenticationFailed, StoreUnavailable
 from gateway.core.model import Identity
 from gateway.services import Services
 from gateway.sessions.manager import Session
@@ -65,7 +65,8 @@ def create_session(
 ) -> tuple[str, Session]:
     """A new session for ``identity`` (the old one behind the cookie, if any, is
     deleted) and the ``login`` audit line.  Returns (cookie value, session).
-    Raises StoreUnavailable."""
+    Raises StoreUnavailable, and AuthenticationFailed when the directory says
+    a SAML/OIDC person is disabled (deprovisioning configured)."""
     ip = client_ip(svc, req)
     policy = svc.policy.current
     tier = policy.primary_tier(identity, ip, now_dt(svc, now))
@@ -75,8 +76,13 @@ def create_session(
     if svc.deprovision is not None:
         # SAML/OIDC: who the person is in the directory, so deprovisioning
         # matches the session by objectGUID (a deletion ends it).  Bounded by
-        # the LDAP timeouts; never fails the sign-in (see gateway.deprovision)
+        # the LDAP timeouts; a directory that cannot be asked does not stop the
+        # sign-in (see gateway.deprovision), one that says "disabled" does
         login, outcome = svc.deprovision.link_at_login(identity, login)
+        if outcome == "disabled":
+            # the identity provider has not caught up (sync lag, a session of
+            # its own): the directory is the word on whether the person may work
+            raise AuthenticationFailed("disabled-in-directory")
         if outcome:
             audit_fields["directory_lookup"] = outcome
     old = load_session(svc, req, now)
@@ -121,11 +127,21 @@ def finish_login(
     **audit_fields: Any,
 ) -> Response:
     """Create the session and redirect (303) to ``rd`` (already checked) or the
-    default page; 503 when the store is down."""
+    default page; 503 when the store is down; 403 when the directory says the
+    person is disabled."""
     try:
         cookie, session = create_session(svc, req, identity, now, login=login, **audit_fields)
     except StoreUnavailable as exc:
         return unavailable_page(svc, where, exc)
+    except AuthenticationFailed as exc:
+        svc.audit.emit(
+            "login_failed",
+            provider=identity.provider,
+            user=identity.subject,
+            reason=exc.reason,
+            client_ip=client_ip(svc, req),
+        )
+        return failed_page(svc, 403, "Sign-in was refused.")
     resp = redirect_to(rd or svc.settings.redirects.default, code=303)
     set_session_cookie(svc, resp, cookie, session.absolute)
     return resp

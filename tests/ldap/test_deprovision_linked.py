@@ -166,6 +166,36 @@ def test_a_deleted_saml_person_loses_the_session_at_the_backstop(
     assert stranger.get("/.sso/userinfo").status_code == 200
 
 
+def test_a_saml_sign_in_of_a_person_disabled_in_the_directory_is_refused(
+    ad: SambaAD, make_saml_ldap_gateway: SamlLdapFactory, idp: SamlIdp, unique: Unique
+) -> None:
+    """The IdP may not have caught up (sync lag, a session of its own): the
+    directory is the word on whether the person may still work."""
+    name = unique("samloff")
+    dn = ad.create_user(name, groups=["Intercom-Operators"])
+    ad.set_disabled(dn, True)
+    gw = make_saml_ldap_gateway()
+    upn = f"{name}@{UPN_SUFFIX}"
+    browser = Gateway(gw.app, gw.app.test_client(), gw.clock, gw.audit_stream, gw.root)
+    r = browser.get("/.sso/start", query_string={"provider": "saml"})
+    fields = sign_in_at_idp(idp.browser(), r.headers["Location"], DIRECTORY_PREFIX + name)
+    r = browser.post(
+        "/.sso/saml/acs",
+        data={"SAMLResponse": fields["SAMLResponse"], "RelayState": fields["RelayState"]},
+    )
+    assert r.status_code == 403
+    assert gw.services.sessions.list(upn) == []
+    failed = gw.events("login_failed")[-1]
+    assert (failed["reason"], failed["user"], failed["provider"]) == (
+        "disabled-in-directory",
+        upn,
+        "saml",
+    )
+    assert browser.auth(CONSOLE).status_code == 401
+    ad.set_disabled(dn, False)  # enabled again: the same sign-in goes through
+    assert _saml_sign_in(gw, idp, DIRECTORY_PREFIX + name).auth(CONSOLE).status_code == 202
+
+
 def test_a_deleted_saml_person_is_seen_by_a_change_poll_that_reads_deleted_objects(
     ad: SambaAD,
     make_saml_ldap_gateway: SamlLdapFactory,
