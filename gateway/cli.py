@@ -233,13 +233,24 @@ def _read_password(confirm: bool = True) -> str:
 # -- commands ------------------------------------------------------------------
 
 
-def _preflight(settings: Settings) -> None:
+def _preflight(settings: Settings, workers: int | None = None) -> None:
     """Refuse to start (one clear message per problem) rather than let every
     gunicorn worker die on the same broken policy or users file."""
     from gateway.policy_loader import validate_policies
     from gateway.providers.local import validate_users_file
 
     problems = validate_policies(settings.resolve_path(settings.policies_dir))
+    if settings.session.store == "memory" and (workers or settings.listen.workers) > 1:
+        # each worker would keep its own sessions, login states and replay caches
+        # (a SAML assertion or an OIDC nonce used once per worker, not once)
+        problems.append(
+            Problem(
+                settings.source,
+                "session.store",
+                "'memory' lives in one process: serve it with one worker (listen.workers: 1 "
+                "or --workers 1), or use 'file' or 'redis'",
+            )
+        )
     if settings.providers.default == "local":
         problems += validate_users_file(settings.resolve_path(settings.providers.local.users_file))
     problems += _saml_problems(settings)
@@ -311,7 +322,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.serve import run
 
     settings = _settings(args)
-    _preflight(settings)
+    _preflight(settings, args.workers)
     config_path = args.config or os.environ.get(CONFIG_ENV)
     run(settings, config_path, bind=args.bind, workers=args.workers)
     return 0

@@ -779,6 +779,18 @@ def test_no_command_prints_help(run: Runner) -> None:
         assert command in result.out
 
 
+def test_serve_refuses_the_memory_store_with_several_workers(run: Runner, site: Site) -> None:
+    """Each worker would keep its own replay caches: an assertion or a nonce
+    could be used once per worker."""
+    text = site.config.read_text(encoding="utf-8")
+    site.config.write_text(text.replace("session:\n  store: file\n", "session:\n  store: memory\n"))
+    result = run("--config", str(site.config), "serve")
+    assert result.code == 1
+    assert "session.store" in result.err and "one worker" in result.err
+    result = run("--config", str(site.config), "serve", "--workers", "3")
+    assert result.code == 1
+
+
 def test_serve_refuses_to_start_on_a_broken_policy(run: Runner, site: Site) -> None:
     (site.policies / "99-broken.yaml").write_text("routes: [", encoding="utf-8")
     result = run("--config", str(site.config), "serve")
