@@ -87,7 +87,11 @@ MAX_HEAD = 64 * 1024
 # methods a request may be sent twice with (RFC 9110 9.2.2): only those are
 # retried on a new connection when a kept-alive one turns out to be closed
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-FRESH = 1.0  # seconds an idle connection is taken as open without a check
+# methods whose request body many devices never read (RFC 9110: no defined
+# semantics): the unread body would be read as a next request on a pooled
+# connection, whose answer then goes to the next person - such a request
+# goes on a connection that is closed after it
+_BODY_UNEXPECTED = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 DRAIN_LIMIT = 1024 * 1024  # drain() reads at most this much, then closes instead
 _COALESCE = 64 * 1024  # a bytes body up to this size goes out with the head
 _LAST_CHUNK = b"0\r\n\r\n"
@@ -605,14 +609,18 @@ class UpstreamPool:
         read.  An iterable body is sent piece by piece as it is read."""
         if chunked:
             headers = [*headers, ("Transfer-Encoding", "chunked")]
-        if self.legacy:
+        # a body where the device may not expect one: this connection ends with it
+        one_off = method in _BODY_UNEXPECTED and (chunked or bool(body))
+        if self.legacy or one_off:
             headers = [*headers, ("Connection", "close")]
         head = encode_head(method, target, headers)
         # a request that may go twice: idempotent, with a body that can be resent
         retryable = method in IDEMPOTENT and (body is None or isinstance(body, bytes))
-        sock, reused = self._checkout(retryable)
+        sock, reused = self._checkout()
         while True:
             resp = UpstreamResponse(sock, method, self, legacy=self.legacy)
+            if one_off:
+                resp._msg.junk = True  # never back to the pool
             try:
                 self._exchange(resp, sock, head, body, chunked)
                 if resp.status == 101:
@@ -709,22 +717,23 @@ class UpstreamPool:
             return
         resp._begin()
 
-    def _checkout(self, retryable: bool) -> tuple[socket.socket, bool]:
+    def _checkout(self) -> tuple[socket.socket, bool]:
         """An idle connection (newest first) or a new one; (connection, reused).
-        An idle connection is checked first - unless the request may be sent
-        again and the connection was in use less than FRESH seconds ago: a
-        closed one then costs a retry, and the check a system call every time."""
+        Every idle connection is checked before it is used, however recently it
+        was: bytes waiting on it (a second answer, a late body, a 408) are no
+        answer to the next request, which would go to someone else."""
         idle = self._idle
-        now = time.monotonic()
         while idle:
-            sock, since = idle.pop()
-            if (retryable and now - since < FRESH) or self._usable(sock):
+            sock, _ = idle.pop()
+            if self._usable(sock):
                 return sock, True
             sock.close()
         return self.connect_raw(), False
 
     def _checkin(self, sock: socket.socket) -> None:
-        if self._closed or self.legacy or len(self._idle) >= self.maxsize:
+        """Back to the pool - unless bytes are already waiting behind the
+        answer that was read whole (checked again at checkout)."""
+        if self._closed or self.legacy or len(self._idle) >= self.maxsize or not self._usable(sock):
             sock.close()
         else:
             self._idle.append((sock, time.monotonic()))

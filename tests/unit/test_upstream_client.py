@@ -517,21 +517,76 @@ def test_the_clients_body_errors_pass_unchanged(serve: Callable[..., Peer]) -> N
 
 
 def test_an_idle_connection_closed_by_the_upstream_is_not_used(serve: Callable[..., Peer]) -> None:
+    checked_in = threading.Event()
+
     def script(conn: Conn) -> None:
         conn.request()
         conn.send(OK)  # keep-alive... and then closed while idle
+        checked_in.wait(5)
 
     peer = serve(script)
     pool = peer.pool()
     with pool.request("GET", "/", GET) as resp:
         assert body(resp.read1) == b"ok"
     assert pool.idle == 1
+    checked_in.set()
     assert peer.closed.wait(5)
     time.sleep(0.05)
     # a streamed body, which could not be sent again: the check at checkout found it
     with pool.request("PUT", "/", [("Content-Length", "2")], iter([b"up"])) as resp:
         assert body(resp.read1) == b"ok"
     assert peer.connections == 2
+
+
+def test_bytes_a_device_sends_after_its_answer_never_answer_the_next_request(
+    serve: Callable[..., Peer],
+) -> None:
+    """Security review: an idle connection used again within a second was not
+    looked at, so a device's unasked second answer (a late 204 body, a 408, the
+    answer to a request smuggled in a GET body) went to the next person."""
+    extra_sent = threading.Event()
+
+    def script(conn: Conn) -> None:
+        if conn.peer.connections == 1:
+            conn.request()
+            conn.send(OK)
+            time.sleep(0.05)  # a separate segment, after the answer was read
+            conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!")
+            extra_sent.set()
+            conn.request()  # whatever comes next on this connection
+            return
+        while conn.request():
+            conn.send(OK)
+
+    peer = serve(script)
+    pool = peer.pool()
+    with pool.request("GET", "/first", GET) as resp:
+        assert body(resp.read1) == b"ok"
+    assert extra_sent.wait(5)
+    time.sleep(0.05)
+    with pool.request("GET", "/second", GET) as resp:  # at once, and retryable
+        assert body(resp.read1) == b"ok"
+    assert peer.connections == 2
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "DELETE", "OPTIONS"])
+def test_a_body_where_the_device_may_not_expect_one_ends_the_connection(
+    serve: Callable[..., Peer], method: str
+) -> None:
+    """A device that ignores a GET's body reads it as the next request: the
+    connection that carried one says Connection: close and is never pooled."""
+    peer = serve(keep_answering(OK))
+    pool = peer.pool()
+    headers = [*GET, ("Content-Length", "4")]
+    with pool.request(method, "/", headers, b"GET ") as resp:
+        if method != "HEAD":
+            assert body(resp.read1) == b"ok"
+    assert pool.idle == 0
+    assert b"\r\nConnection: close\r\n" in peer.requests[0]
+    with pool.request("POST", "/", [*GET, ("Content-Length", "4")], b"data") as resp:
+        assert body(resp.read1) == b"ok"
+    assert pool.idle == 1  # a POST's body is expected: its connection is kept
+    assert b"Connection: close" not in peer.requests[1]
 
 
 def _drops_the_second_request(conn: Conn) -> None:
