@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 from urllib.parse import urlencode
 
 from flask import Blueprint, Response, request
@@ -17,6 +18,7 @@ from gateway.views.common import load_session, services, wants_json
 from gateway.views.respond import json_answer, redirect_to, unavailable
 
 bp = Blueprint("info", __name__)
+log = logging.getLogger(__name__)
 
 
 @bp.route("/.sso/userinfo", methods=["GET"])
@@ -143,7 +145,10 @@ def readyz() -> Response:
         svc.store.ping()
         checks["store"] = "ok"
     except StoreUnavailable as exc:
-        checks["store"] = f"unavailable: {exc}"
+        # the detail (a Redis address, a data folder) goes to the log, not to
+        # whoever may ask this unauthenticated endpoint on any host
+        log.warning("readiness: the session store is unavailable: %s", exc)
+        checks["store"] = "unavailable"
         ok = False
     policy_error = svc.policy.last_error
     checks["policy"] = "ok" if policy_error is None else "last reload failed; previous in force"
