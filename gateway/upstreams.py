@@ -27,6 +27,9 @@ from gateway.upstream_client import UpstreamPool
 __all__ = ["Upstream", "UpstreamTable"]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# the start of a path-absolute Location and everything a browser reads into it:
+# '\\' is '/' in http(s) URLs, tab, CR and LF are removed anywhere (WHATWG URL)
+_LEADING_SLASHES = re.compile(r"[/\\\t\r\n]+")
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,15 @@ class Upstream:
     def public_location(self, value: str, public_origin: str) -> str:
         """A ``Location`` from the upstream, as the browser must see it: the
         upstream's own address becomes the public one, its base path is removed
-        and a stripped prefix put back.  Other locations are left alone."""
+        and a stripped prefix put back.  Other locations are left alone.
+
+        A path (not an absolute or scheme-relative URL) stays a path on this
+        host: once the base is removed, ``/base//evil.example/x`` would start with
+        ``//``, which a browser follows to another host, as it does ``/\\evil`` and
+        ``/<tab>/evil``.  Such a leading run goes out as one ``/`` (the page the
+        gateway serves there anyway: it collapses ``//`` in paths); an absolute
+        public URL instead would name the ``Host`` the gateway was asked for,
+        which a front proxy may have rewritten."""
         lowered = value.lower()
         rest: str | None = None
         absolute = False
@@ -83,7 +94,12 @@ class Upstream:
                 return value  # outside what the gateway publishes
         if self.strip and self.prefix:
             rest = self.prefix + (rest if rest != "/" else "/")
-        return public_origin + rest if absolute else rest
+        if absolute:
+            return public_origin + rest  # the host is the public one, whatever follows
+        run = _LEADING_SLASHES.match(rest)
+        if run is not None and sum(c in "/\\" for c in run.group()) > 1:
+            rest = "/" + rest[run.end() :]
+        return rest
 
 
 class UpstreamTable:

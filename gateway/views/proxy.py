@@ -10,12 +10,17 @@ allowed, streamed to the upstream its host and path select.
 2. the upstream is selected by host and canonical path; none: 404;
 3. session and policy decide on that canonical path: no session -> 302 to
    ``/.sso/start`` for a browser navigation (GET/HEAD), 401 JSON for everything
-   else; denied -> 403 page naming the tiers that would do;
+   else; denied -> 403 page naming the tiers that would do (``TRACE``/``TRACK``
+   are refused with 405 before this, for everyone: the echo would carry the
+   device credentials);
 4. the request goes upstream with exactly ``encode_path`` of the canonical path
    (minus a stripped prefix), identity headers and the signed assertion added,
    hop-by-hop and forwarding headers replaced, the gateway's cookies removed;
    request and response bodies are streamed, never held whole in memory;
-5. upstream failures become 502/504 pages; state-changing requests are audited.
+5. the answer goes back minus hop-by-hop headers and the gateway's cookies, with
+   ``Location`` made public and, unless the route is public, marked ``private``
+   for shared caches;
+6. upstream failures become 502/504 pages; state-changing requests are audited.
 """
 
 from __future__ import annotations
@@ -60,6 +65,12 @@ REPLAY_LIMIT = 1024 * 1024
 _REFUSAL_LIMIT = 1024 * 1024
 SSO_PREFIX = "/.sso/"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# methods whose answer is the request itself (TRACE, and IIS's TRACK): headers the
+# gateway adds (the device credentials, the signed assertion) would reach the
+# browser.  Refused for every upstream, never forwarded.
+ECHOING_METHODS = frozenset({"TRACE", "TRACK"})
+# what a 405 for them names in Allow (the gateway cannot know what a device serves)
+_ALLOWED_METHODS = "GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE"
 
 # RFC 9110 7.6.1 plus the non-standard ones still seen in the wild
 HOP_BY_HOP = frozenset(
@@ -127,6 +138,29 @@ _NOT_FORWARDED = (
 )
 # upstream answer headers the gateway's server writes itself
 _NOT_RETURNED = HOP_BY_HOP | {"date", "server"}
+# Caching in front of the gateway.  An answer the person's session decided is
+# marked ``private`` (RFC 9111 5.2.2.7): a shared cache (a corporate proxy, a CDN,
+# a caching ingress) must not serve it to anyone else, who would then never be
+# judged.  Of the upstream's Cache-Control these go (5.2.2): ``public`` and
+# ``s-maxage`` (let a shared cache store it), ``proxy-revalidate`` (for shared
+# caches only) and ``private`` (a qualified ``private="Set-Cookie"`` leaves the
+# rest shareable; a bare one is added back); ``max-age``, ``no-cache``,
+# ``no-store``, ``must-revalidate``, ``immutable``, ... stay for the browser.
+_SHARED_CACHE_DIRECTIVES = frozenset({"public", "s-maxage", "proxy-revalidate", "private"})
+# answer headers by which a cache in front would store an answer whatever its
+# Cache-Control says: dropped from a person's answers
+_SHARED_CACHE_HEADERS = frozenset(
+    {
+        "cdn-cache-control",  # RFC 9213
+        "cloudflare-cdn-cache-control",
+        "surrogate-control",  # Fastly, Varnish, Akamai
+        "edge-control",  # Akamai
+        "x-accel-expires",  # nginx (proxy_cache): before Cache-Control
+    }
+)
+_CACHE_HEADERS = _SHARED_CACHE_HEADERS | {"cache-control"}
+# one Cache-Control directive: up to a ',' outside a quoted string
+_DIRECTIVE = re.compile(r'(?:[^,"]|"(?:[^"\\]|\\.)*"?)+')
 _HOST = re.compile(r"[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?\Z|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?\Z")
 _QUERY = re.compile(r"[!-~]*\Z")  # printable ASCII, no space (browsers encode the rest)
 _DIGITS = re.compile(r"[0-9]{1,19}\Z")
@@ -181,8 +215,9 @@ class ProxyApp:
         # only under gunicorn's gevent worker
         self.websockets = websockets
         base = svc.settings.cookie.name
+        # (the prefixes in any case: RFC 6265bis reads them case-insensitively)
         self._own_cookie = re.compile(
-            r"(?:__Host-|__Secure-)?" + re.escape(base) + r"(?:_[A-Za-z0-9_]*)?\Z"
+            r"(?i:__Host-|__Secure-)?" + re.escape(base) + r"(?:_[A-Za-z0-9_]*)?\Z"
         )
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
@@ -209,7 +244,13 @@ class ProxyApp:
 
     # -- answers -------------------------------------------------------------------
     def _page(
-        self, environ: dict[str, Any], start_response: Any, status: int, title: str, message: str
+        self,
+        environ: dict[str, Any],
+        start_response: Any,
+        status: int,
+        title: str,
+        message: str,
+        headers: Iterable[tuple[str, str]] = (),
     ) -> Iterable[bytes]:
         req = Request(environ)
         with self.app.app_context():
@@ -225,6 +266,8 @@ class ProxyApp:
                     title=title,
                     message=message,
                 )
+        for name, value in headers:
+            resp.headers[name] = value
         return resp(environ, start_response)
 
     def _login(
@@ -307,6 +350,25 @@ class ProxyApp:
                 404,
                 "Not found",
                 "This gateway does not serve that address.",
+            )
+        if req.method in ECHOING_METHODS:  # (werkzeug's method is upper-cased)
+            # before the session, the policy or the upstream: nobody gets an echo
+            svc.audit.emit(
+                "denied",
+                reason="method-not-allowed",
+                method=req.method,
+                upstream=upstream.name,
+                host=host[:253],
+                path=path[:200],
+                client_ip=ip,
+            )
+            return self._page(
+                environ,
+                start_response,
+                405,
+                "Method not allowed",
+                f"This gateway does not pass {req.method} requests on.",
+                headers=[("Allow", _ALLOWED_METHODS)],
             )
         forwarded = self._forwarded(environ, req)
         info = RequestInfo(
@@ -453,7 +515,9 @@ class ProxyApp:
         if state_changing:
             svc.audit.emit("proxy_action", **audit_fields, status=resp.status)
         public_origin = f"{info.scheme}://{req.host}"
-        out = self._answer_headers(resp.headers, upstream, public_origin)
+        out = self._answer_headers(
+            resp.headers, upstream, public_origin, personal=_personal(decision), status=resp.status
+        )
         start_response(f"{resp.status} {_reason(resp.status)}", out)
         return _Relay(resp, svc, audit_fields, self.streams, owner, upstream.name)
 
@@ -552,7 +616,14 @@ class ProxyApp:
                 else f"The {upstream.name} service did not answer the WebSocket request.",
             )
         public_origin = f"{info.scheme}://{req.host}"
-        out = self._answer_headers(answer.headers, upstream, public_origin, keep_upgrade=True)
+        out = self._answer_headers(
+            answer.headers,
+            upstream,
+            public_origin,
+            personal=_personal(decision) and answer.status != 101,
+            status=answer.status,
+            keep_upgrade=True,
+        )
         if answer.status != 101:
             # the upstream said no (e.g. 401 from the device, 404): pass its answer on
             # (its first MiB)
@@ -707,11 +778,16 @@ class ProxyApp:
         upstream: Upstream,
         public_origin: str,
         *,
+        personal: bool,
+        status: int,
         keep_upgrade: bool = False,
     ) -> list[tuple[str, str]]:
-        """The upstream's answer headers as the browser gets them."""
+        """The upstream's answer headers as the browser gets them.  ``personal``:
+        a person's session decided the answer (not a public route), which is then
+        ``private`` for shared caches (see _SHARED_CACHE_DIRECTIVES)."""
         named = _connection_tokens([v for k, v in headers if k.lower() == "connection"])
         out: list[tuple[str, str]] = []
+        directives: list[str] | None = None  # a person's answer's Cache-Control, if any
         for name, value in headers:
             lower = name.lower()
             if keep_upgrade and lower in ("upgrade", "connection"):
@@ -725,7 +801,17 @@ class ProxyApp:
                 value = upstream.public_location(value, public_origin)
             elif lower == "set-cookie" and self._sets_own_cookie(value):
                 continue  # an upstream must never set (or clear) the gateway's cookies
+            elif personal and lower in _CACHE_HEADERS:
+                if lower == "cache-control":  # several fields are one list: one goes out
+                    directives = directives if directives is not None else []
+                    directives.extend(_shareable_removed(value))
+                continue
             out.append((name, value))
+        # without any Cache-Control a shared cache may store the answer (heuristic
+        # freshness from Last-Modified); a 304 without one is left so: it would
+        # replace the browser's stored (already private) Cache-Control with it
+        if personal and (directives is not None or status != 304):
+            out.append(("Cache-Control", ", ".join([*(directives or ()), "private"])))
         return out
 
     def _without_own_cookies(self, header: str) -> str:
@@ -740,8 +826,15 @@ class ProxyApp:
         return "; ".join(kept)
 
     def _sets_own_cookie(self, set_cookie: str) -> bool:
-        name = set_cookie.partition("=")[0].strip()
-        return bool(self._own_cookie.match(name))
+        """Whether a Set-Cookie must not reach the browser: one for the gateway's
+        cookies, or one without a name.  Read as browsers do (RFC 6265bis 5.6):
+        the name-value pair ends at the first ';'; without '=' in it, the name is
+        empty and all of it is the value.  A browser sends a name-less cookie back
+        as its bare value, so ``=sso_gw=X`` or ``sso_gw; Path=/`` would arrive as
+        one of the gateway's cookies; no upstream needs a name-less one."""
+        name, equals, _ = set_cookie.partition(";")[0].partition("=")
+        name = name.strip()  # (more than the space and tab browsers strip: drops more)
+        return not equals or not name or bool(self._own_cookie.match(name))
 
 
 class _Relay:
@@ -956,6 +1049,12 @@ def _same_origin(origin: str, host: str) -> bool:
     return netloc.lower() == host.lower()
 
 
+def _personal(decision: Decision) -> bool:
+    """Whether a person's session decided the answer: anything but a public route
+    (what reaches the upstream is ALLOW or PUBLIC)."""
+    return decision.outcome is not Outcome.PUBLIC
+
+
 def _is_upgrade(environ: dict[str, Any]) -> bool:
     if environ.get("HTTP_UPGRADE"):
         return True
@@ -994,6 +1093,27 @@ def _tokens(values: tuple[str, ...]) -> frozenset[str]:
 _remembered_tokens = functools.lru_cache(maxsize=_MEMO_LIMIT)(_tokens)
 
 
+def _shareable_removed(value: str) -> tuple[str, ...]:
+    """A Cache-Control value's directives, as sent, minus those that let a shared
+    cache store the answer (_SHARED_CACHE_DIRECTIVES)."""
+    if len(value) > _MEMO_VALUE_LENGTH:
+        return _directives(value)
+    return _remembered_directives(value)
+
+
+def _directives(value: str) -> tuple[str, ...]:
+    kept = []
+    for match in _DIRECTIVE.finditer(value):
+        directive = match.group().strip()
+        name = directive.partition("=")[0].strip().lower()
+        if directive and name not in _SHARED_CACHE_DIRECTIVES:
+            kept.append(directive)
+    return tuple(kept)
+
+
+_remembered_directives = functools.lru_cache(maxsize=_MEMO_LIMIT)(_directives)
+
+
 def _is_ip(text: str) -> bool:
     from gateway.core.network import parse_address
 
@@ -1019,6 +1139,7 @@ def _failure_kind(exc: BaseException) -> str:
 _ERRORS = {
     400: "bad_request",
     404: "not_found",
+    405: "method_not_allowed",
     502: "bad_gateway",
     503: "unavailable",
     504: "gateway_timeout",

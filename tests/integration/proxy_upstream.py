@@ -10,9 +10,16 @@ server written for the tests.  What it does depends on the last path segment:
 * ``.../upload``    reads the body (Content-Length or chunked) and answers with
   how many bytes arrived;
 * ``.../redirect``  302 to this server's own absolute ``/base/login`` URL;
-* ``.../setcookie`` sets a cookie of its own and one named like the gateway's;
+* ``.../setcookie`` sets a cookie of its own, ones named like the gateway's and
+  name-less ones whose value names them (a browser's cookie of an empty name);
+* ``.../answer``    answers ``?status=N`` (default 200) with every other query
+  parameter as a header of that name (``?Location=/x&status=302``);
 * ``.../slow``      waits 3 s before answering (longer than the read timeout);
 * anything else     200 with the request line and headers as JSON.
+
+``TRACE`` and ``TRACK`` are answered as old embedded web servers do: ``200``,
+``message/http``, the request head echoed back (credentials included), for any
+path and before any login check.
 
 Every request's line and headers are remembered (``seen``).  With a
 :class:`DeviceLogin` every request must first pass HTTP Basic or Digest, as on a
@@ -261,6 +268,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Set-Cookie", "JSESSIONID=device-session; Path=/")
             self.send_header("Set-Cookie", "sso_gw=planted-by-upstream; Path=/")
             self.send_header("Set-Cookie", "sso_gw_csrf=planted; Path=/")
+            self.send_header("Set-Cookie", "=sso_gw=planted-nameless; Path=/")
+            self.send_header("Set-Cookie", "sso_gw; Path=/")
+            self.send_header("Set-Cookie", "=__Host-sso_gw=planted; Path=/; Secure")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif last == "answer":
+            params = parse_qs(url.query)
+            status = int(params.pop("status", ["200"])[0])
+            self.send_response(status)
+            for name, values in params.items():
+                for value in values:
+                    self.send_header(name, value)
             self.send_header("Content-Length", "0")
             self.end_headers()
         elif last == "range":
@@ -284,6 +303,14 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(200, data, "application/octet-stream", Accept_Ranges="bytes")
 
+    def _echo(self) -> None:
+        """TRACE (and TRACK): the request head back as the body."""
+        seen = SeenRequest(self.command, self.path, tuple(self.headers.items()))
+        with self.server.lock:
+            self.server.seen.append(seen)
+        head = f"{self.requestline}\r\n{self.headers}".encode("latin-1")
+        self._send(200, head, "message/http")
+
     def handle(self) -> None:
         try:
             super().handle()
@@ -293,6 +320,7 @@ class _Handler(BaseHTTPRequestHandler):
             return  # a request cut short (its body never ended): nothing to answer
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _answer
+    do_TRACE = do_TRACK = _echo
 
     def log_message(self, format: str, *args: Any) -> None:
         return

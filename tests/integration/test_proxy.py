@@ -4,8 +4,10 @@ worker) in front of a real upstream server (tests/integration/proxy_upstream.py)
 Covers: login redirect vs 401 JSON, 403 page naming the tier, identity headers
 and the signed assertion, every spelling of a spoofed identity header, the
 path-normalisation corpus judged on exactly what the upstream receives, 404 for
-unknown hosts, prefix stripping and Location rewriting, hop-by-hop and
-forwarding headers, the gateway's cookies kept from the upstream (both ways),
+unknown hosts, prefix stripping and Location rewriting (never into another host),
+hop-by-hop and forwarding headers, the gateway's cookies kept from the upstream
+(both ways, name-less Set-Cookies too), a person's answers private for shared
+caches, TRACE/TRACK refused before any device sees them,
 streaming (chunked, MJPEG, Server-Sent Events) without buffering, hundreds of MB up and down with a
 flat worker RSS, 502/504 pages with audit lines, the action audit, and logout
 expiring the upstream's cookies.
@@ -227,6 +229,11 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
                     "match": {"hosts": hosts, "path_prefix": "/pbx", "strip_prefix": True},
                     "url": upstream.url + "/base",
                     "logout_cookies": ["PBXSESSION"],
+                },
+                {
+                    "name": "pbx-keep",  # a base path, the prefix not stripped
+                    "match": {"hosts": hosts, "path_prefix": "/pbxkeep"},
+                    "url": upstream.url + "/base",
                 },
                 {
                     "name": "records",
@@ -540,6 +547,28 @@ def test_prefix_is_stripped_and_location_rewritten(proxied: Stack) -> None:
     assert resp.headers["Location"] == proxied.url("/pbx/login?x=1")
 
 
+def test_a_location_never_becomes_a_redirect_to_another_host(proxied: Stack) -> None:
+    """``/base//evil.example/x`` is a path on the device; with the base removed,
+    ``//evil.example/x`` would send the browser to evil.example.  The leading
+    run of slashes (and what browsers read as slashes) goes out as one."""
+    for location in ("/base//evil.example/x", "/base/\\evil.example/x", "/base/\t/evil.example/x"):
+        resp = proxied.client.get(
+            proxied.url("/pbxkeep/answer"),
+            params={"status": "302", "Location": location},
+            allow_redirects=False,
+            timeout=10,
+        )
+        assert resp.status_code == 302, location
+        assert resp.headers["Location"] == "/evil.example/x", location
+    resp = proxied.client.get(
+        proxied.url("/pbxkeep/answer"),
+        params={"status": "302", "Location": "/base/pbxkeep/ok"},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert resp.headers["Location"] == "/pbxkeep/ok"
+
+
 # -- headers and cookies -------------------------------------------------------
 
 
@@ -643,6 +672,41 @@ def test_upstream_cannot_set_the_gateways_cookies(proxied: Stack) -> None:
     assert resp.status_code == 200
     set_cookies = resp.raw.headers.getlist("Set-Cookie")
     assert set_cookies == ["JSESSIONID=device-session; Path=/"]
+
+
+LAST_MODIFIED = "Mon, 01 Jan 2024 00:00:00 GMT"
+
+
+@pytest.mark.parametrize(
+    ("sent", "received"),
+    [
+        ({"Cache-Control": "public, max-age=3600"}, "max-age=3600, private"),
+        ({}, "private"),  # heuristic freshness from Last-Modified: not in a shared cache
+        ({"Cache-Control": "s-maxage=600, proxy-revalidate, no-cache"}, "no-cache, private"),
+        ({"Cache-Control": "no-store"}, "no-store, private"),
+    ],
+)
+def test_a_persons_answers_are_private_for_shared_caches(
+    proxied: Stack, sent: dict[str, str], received: str
+) -> None:
+    """A page the person's session decided must not be served by a cache in
+    front of the gateway to someone else (who would then never be judged)."""
+    params = {**sent, "Last-Modified": LAST_MODIFIED, "CDN-Cache-Control": "max-age=60"}
+    resp = proxied.client.get(proxied.url("/console/answer"), params=params, timeout=10)
+    assert resp.status_code == 200
+    assert resp.raw.headers.getlist("Cache-Control") == [received]
+    assert "CDN-Cache-Control" not in resp.headers  # a CDN's own directives go too
+    assert resp.headers["Last-Modified"] == LAST_MODIFIED  # the browser's cache still works
+
+
+def test_public_answers_keep_the_devices_caching_headers(proxied: Stack) -> None:
+    params = {"Cache-Control": "public, max-age=3600", "CDN-Cache-Control": "max-age=60"}
+    resp = http_client().get(proxied.url("/public/answer"), params=params, timeout=10)
+    assert resp.status_code == 200
+    assert resp.raw.headers.getlist("Cache-Control") == ["public, max-age=3600"]
+    assert resp.headers["CDN-Cache-Control"] == "max-age=60"
+    resp = http_client().get(proxied.url("/public/answer"), timeout=10)
+    assert "Cache-Control" not in resp.headers
 
 
 def test_logout_expires_the_upstream_cookies(stack: Stack) -> None:
@@ -917,6 +981,66 @@ def test_bridge_is_never_used_without_an_authorised_person(proxied: Stack) -> No
     assert resp.status_code == 401  # the device's own answer, for nobody in particular
     assert "WWW-Authenticate" not in resp.headers  # and no password prompt
     assert not any(s.get("Authorization") for s in proxied.digest.seen if "lobby" in s.path)
+
+
+def test_trace_never_reaches_a_device(proxied: Stack) -> None:
+    """A device that answers TRACE echoes the request: with the bridge, the
+    device password.  TRACE is refused for every upstream, before any contact
+    with it, whoever asks."""
+    devices = (proxied.basic, proxied.digest, proxied.upstream)
+    for device in devices:
+        device.reset()
+    before = len(proxied.gateway.audit_events("denied"))
+    paths = ("/doorbasic/relays", "/doordigest/relays", "/console/x", "/public/x")
+    for path in paths:
+        client = proxied.client if not path.startswith("/public/") else http_client()
+        resp = client.request("TRACE", proxied.url(path), timeout=10)
+        assert resp.status_code == 405, (path, resp.text[:300])
+        assert "Door-Admin" not in resp.text and "Authorization" not in resp.text
+        assert "TRACE" not in resp.headers["Allow"] and "GET" in resp.headers["Allow"]
+        assert resp.headers["Cache-Control"] == "no-store"
+    for device in devices:
+        assert device.seen == []
+    denied = proxied.gateway.audit_events("denied")[before:]
+    assert [(e["reason"], e["method"], e["path"]) for e in denied] == [
+        ("method-not-allowed", "TRACE", path) for path in paths
+    ]
+    assert [e["upstream"] for e in denied[:2]] == ["door-basic", "door-digest"]
+
+
+def test_track_never_reaches_a_device_under_gunicorns_own_parser(
+    request: pytest.FixtureRequest, tmp_path: Path, stack: Stack
+) -> None:
+    """TRACK (IIS's TRACE) is no method llhttp knows: the gevent worker's server
+    answers it 501 itself.  gunicorn's sync and gthread workers pass any
+    upper-case token on: the proxy refuses it like TRACE."""
+    secret = tmp_path / "door-admin-password"
+    secret.write_text("Door-Admin-Pw-17\n", encoding="utf-8")
+    bridged = {"scheme": "basic", "username": "admin", "password": {"file": str(secret)}}
+    settings = {
+        "listen": {"worker_class": "gthread"},
+        "proxy": {
+            "upstreams": [
+                {
+                    "name": "door-basic",
+                    "match": {"hosts": ["127.0.0.1"]},
+                    "url": stack.basic.url,
+                    "device_login": bridged,
+                }
+            ]
+        },
+    }
+    gateway = start_gateway(request, tmp_path / "gthread", settings=settings, workers=1)
+    client = http_client()
+    request.addfinalizer(client.close)
+    assert submit_login(client, gateway.url, ALICE).status_code == 303
+    stack.basic.reset()
+    for method in ("TRACK", "TRACE"):
+        resp = client.request(method, gateway.url + "/relays", timeout=10)
+        assert resp.status_code == 405, (method, resp.text[:300])
+        assert "Door-Admin" not in resp.text and "Authorization" not in resp.text
+    assert stack.basic.seen == []
+    assert [e["method"] for e in gateway.audit_events("denied")] == ["TRACK", "TRACE"]
 
 
 def test_refused_device_credentials_are_502_and_audited(proxied: Stack) -> None:

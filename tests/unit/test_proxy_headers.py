@@ -135,3 +135,176 @@ def test_public_scheme_is_the_nearest_trusted_proxys_entry(
     app = proxy.ProxyApp.__new__(proxy.ProxyApp)
     app.svc = _services(trusted_hops=1)
     assert app._forwarded(req.environ, req).proto == scheme
+
+
+# -- what the browser receives ------------------------------------------------------
+
+
+def _app(cookie_name: str = "sso_gw") -> proxy.ProxyApp:
+    svc: Any = SimpleNamespace(settings=SimpleNamespace(cookie=SimpleNamespace(name=cookie_name)))
+    return proxy.ProxyApp(None, cast(Any, None), cast(Services, svc), cast(Any, None),
+                          cast(Any, None), websockets=False)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "set_cookie",
+    [
+        # (the plain spellings, "sso_gw=x", "__Host-sso_gw_csrf=x; Path=/", were
+        # dropped before; tests/integration/test_proxy.py covers them)
+        # the prefixes in any case (RFC 6265bis compares them case-insensitively)
+        "__HOST-sso_gw=x; Path=/; Secure",
+        "__secure-sso_gw_csrf=x; Secure",
+        # name-less cookies (6265bis 5.6: the pair ends at the first ';'; without
+        # '=' the name is empty and all of it is the value; with '=' first, the
+        # name is empty too): a browser sends one back as its bare value, so
+        # "=sso_gw=X" arrives as "Cookie: sso_gw=X"
+        "=sso_gw=X",
+        "=sso_gw=X; Path=/admin",
+        " =sso_gw=X",
+        "sso_gw; Path=/",
+        "sso_gw ;Path=/",
+        "=__Host-sso_gw=X; Path=/; Secure",
+        "=sso_gw_csrf=X",
+        # every other name-less cookie too: nothing an upstream needs
+        "=x",
+        "x",
+        "x; Path=/",
+        "JSESSIONID; x=sso_gw",
+        "=",
+        "",
+        "; sso_gw=x",
+    ],
+)
+def test_an_upstream_never_sets_the_gateways_cookies_or_name_less_ones(set_cookie: str) -> None:
+    assert _app()._sets_own_cookie(set_cookie)
+    answer = _app()._answer_headers(
+        [("Set-Cookie", set_cookie), ("Set-Cookie", "lang=en")],
+        _plain_upstream(),
+        "https://gw.example",
+        personal=False,
+        status=200,
+    )
+    assert answer == [("Set-Cookie", "lang=en")]
+
+
+@pytest.mark.parametrize(
+    "set_cookie",
+    [
+        "JSESSIONID=abc; Path=/",
+        "JSESSIONID=sso_gw=x",  # a value that looks like ours: the name is the device's
+        "x=sso_gw; Path=/",
+        "lang=en; Path=/; sso_gw=x",  # an unknown attribute, not a cookie
+        "sso_gwx=1",
+        "my_sso_gw=1",
+        "PHPSESSID=; Max-Age=0",  # an empty value, with a name
+    ],
+)
+def test_the_upstreams_own_cookies_pass(set_cookie: str) -> None:
+    assert not _app()._sets_own_cookie(set_cookie)
+
+
+def _plain_upstream() -> Any:
+    """What _answer_headers reads of an Upstream (no bridge, locations as sent)."""
+    return SimpleNamespace(credentials=None, public_location=lambda value, origin: value)
+
+
+LAST_MODIFIED = ("Last-Modified", "Mon, 01 Jan 2024 00:00:00 GMT")
+
+
+@pytest.mark.parametrize(
+    ("sent", "received"),
+    [
+        (["public, max-age=3600"], "max-age=3600, private"),
+        ([], "private"),  # heuristic freshness (Last-Modified): private for shared caches
+        (["public"], "private"),
+        ([""], "private"),
+        (["max-age=60"], "max-age=60, private"),
+        (["Private, max-age=5"], "max-age=5, private"),
+        (["no-store"], "no-store, private"),
+        (["no-cache, no-store, must-revalidate"], "no-cache, no-store, must-revalidate, private"),
+        (["S-MaxAge=600, Public, Proxy-Revalidate, max-age=5"], "max-age=5, private"),
+        (["s-maxage = 600, max-age=5"], "max-age=5, private"),
+        # private with field names keeps the rest shareable: replaced by the whole
+        (['private="Set-Cookie", max-age=60'], "max-age=60, private"),
+        # a quoted ',' does not end a directive
+        (['no-cache="Set-Cookie, X-Door", public'], 'no-cache="Set-Cookie, X-Door", private'),
+        (
+            ["max-age=31536000, immutable, stale-while-revalidate=30, stale-if-error=60"],
+            "max-age=31536000, immutable, stale-while-revalidate=30, stale-if-error=60, private",
+        ),
+        # several fields are one list (RFC 9110 5.3): one field goes out
+        (["public", "max-age=10", "s-maxage=20"], "max-age=10, private"),
+    ],
+)
+def test_a_persons_answer_is_private_for_shared_caches(sent: list[str], received: str) -> None:
+    headers = [("Content-Type", "text/html"), LAST_MODIFIED]
+    headers += [("Cache-Control", value) for value in sent]
+    answer = _app()._answer_headers(
+        headers, _plain_upstream(), "https://gw.example", personal=True, status=200
+    )
+    assert answer == [("Content-Type", "text/html"), LAST_MODIFIED, ("Cache-Control", received)]
+
+
+def test_shared_cache_only_headers_are_dropped_from_a_persons_answer() -> None:
+    """Headers by which a CDN or reverse proxy in front of the gateway would
+    cache an answer whatever its Cache-Control says."""
+    targeted = [
+        ("CDN-Cache-Control", "max-age=600"),  # RFC 9213
+        ("Cloudflare-CDN-Cache-Control", "max-age=600"),
+        ("Surrogate-Control", "max-age=600"),  # Fastly, Varnish, Akamai
+        ("Edge-Control", "cache-maxage=600"),  # Akamai
+        ("X-Accel-Expires", "600"),  # nginx's proxy_cache
+    ]
+    headers = [("Content-Type", "image/jpeg"), *targeted, ("cache-control", "max-age=5")]
+    answer = _app()._answer_headers(
+        headers, _plain_upstream(), "https://gw.example", personal=True, status=200
+    )
+    assert answer == [("Content-Type", "image/jpeg"), ("Cache-Control", "max-age=5, private")]
+    # on a public route every one of them is the device's business
+    answer = _app()._answer_headers(
+        headers, _plain_upstream(), "https://gw.example", personal=False, status=200
+    )
+    assert answer == headers
+
+
+def test_public_answers_are_left_as_the_device_sent_them() -> None:
+    headers = [("Cache-Control", "public, s-maxage=600"), LAST_MODIFIED]
+    answer = _app()._answer_headers(
+        headers, _plain_upstream(), "https://gw.example", personal=False, status=200
+    )
+    assert answer == headers
+    answer = _app()._answer_headers(
+        [LAST_MODIFIED], _plain_upstream(), "https://gw.example", personal=False, status=200
+    )
+    assert answer == [LAST_MODIFIED]
+
+
+def test_a_304_without_cache_control_keeps_the_stored_answers() -> None:
+    """A 304 updates the browser's stored answer with the headers it carries
+    (RFC 9111 4.3.4): a 'private' added to one without Cache-Control would
+    replace the stored 'max-age=3600, private' and end the browser's caching.
+    The stored answer went out private already; a 304 alone is stored by no
+    cache."""
+    answer = _app()._answer_headers(
+        [("ETag", '"v1"')], _plain_upstream(), "https://gw.example", personal=True, status=304
+    )
+    assert answer == [("ETag", '"v1"')]
+    answer = _app()._answer_headers(
+        [("ETag", '"v1"'), ("Cache-Control", "public, max-age=3600")],
+        _plain_upstream(),
+        "https://gw.example",
+        personal=True,
+        status=304,
+    )
+    assert answer == [("ETag", '"v1"'), ("Cache-Control", "max-age=3600, private")]
+
+
+def test_cache_control_memo_stays_bounded() -> None:
+    cache = proxy._remembered_directives
+    cache.cache_clear()
+    for i in range(proxy._MEMO_LIMIT + 50):  # hostile: a new value on every answer
+        assert proxy._shareable_removed(f"public, max-age={i}") == (f"max-age={i}",)
+    assert cache.cache_info().currsize == proxy._MEMO_LIMIT
+    long = "max-age=1, " + ", ".join(f"x-{i}" for i in range(100))  # never kept
+    assert proxy._shareable_removed(long)[0] == "max-age=1"
+    assert cache.cache_info().currsize == proxy._MEMO_LIMIT

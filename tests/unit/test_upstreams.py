@@ -225,6 +225,95 @@ def test_location_rewriting(location: str, public: str) -> None:
     assert upstream.public_location(location, "https://gw.example") == public
 
 
+# Location values a device could send that, with its base path removed, would
+# start the way a browser reads as "another host": two slashes, or anything it
+# normalises into them (WHATWG URL: '\\' is '/' in http(s) URLs; tab, CR and LF are
+# removed anywhere before parsing).  Each goes out as a path on the gateway.
+OPEN_REDIRECT_SPELLINGS = [
+    ("/base//evil.example/x", "/evil.example/x"),
+    ("/base///evil.example/x", "/evil.example/x"),
+    ("/base/\\evil.example/x", "/evil.example/x"),
+    ("/base/\\\\evil.example/x", "/evil.example/x"),
+    ("/base/\\/evil.example/x", "/evil.example/x"),
+    ("/base/\t/evil.example/x", "/evil.example/x"),
+    ("/base/\t\\evil.example/x", "/evil.example/x"),
+    ("/base//\tevil.example/x", "/evil.example/x"),
+    ("/base/\r\n/evil.example", "/evil.example"),
+    ("/base//evil.example?next=/x", "/evil.example?next=/x"),
+    ("/base//", "/"),
+    ("/base/\\", "/"),
+]
+
+
+@pytest.mark.parametrize(("location", "public"), OPEN_REDIRECT_SPELLINGS)
+def test_a_location_never_turns_into_another_host(location: str, public: str) -> None:
+    """The base is removed and the prefix not put back: a leading run of
+    slashes, backslashes, tabs and line breaks with two or more slashes in it
+    becomes one '/'.  On the gateway that is the same page: the path is
+    normalised with '//' collapsed, and a '\\' would be refused anyway."""
+    [upstream] = _table(
+        _upstream(match={"hosts": ["gw.example"], "path_prefix": "/pbx"},
+                  url="http://10.0.0.5:8080/base"),
+    ).upstreams  # fmt: skip
+    assert upstream.public_location(location, "https://gw.example") == public
+    # the same locations as absolute URLs on the device keep the public host
+    absolute = upstream.public_location("http://10.0.0.5:8080" + location, "https://gw.example")
+    assert absolute.startswith("https://gw.example/")
+
+
+@pytest.mark.parametrize(
+    ("location", "public"),
+    [
+        ("/base/%2F%2Fevil.example/x", "/%2F%2Fevil.example/x"),
+        ("/base/%5C%5Cevil.example/x", "/%5C%5Cevil.example/x"),
+        ("/base/%2f/evil.example/x", "/%2f/evil.example/x"),
+        ("/base/.//evil.example/x", "/.//evil.example/x"),
+        ("/base/ /evil.example/x", "/ /evil.example/x"),  # a space is no slash
+        ("/base/evil.example//x", "/evil.example//x"),
+        ("/base/pbx/ok", "/pbx/ok"),
+    ],
+)
+def test_locations_browsers_read_as_paths_are_left_alone(location: str, public: str) -> None:
+    """Why these are safe as they are (WHATWG URL, what browsers implement).  A
+    reference that starts with '/' is read in the "relative slash" state, which
+    looks at the next character only: '/' or '\\' there means an authority
+    (another host) follows; anything else means a path on this host, and the
+    rest is parsed in the path state, where '//' is just an empty segment.  The
+    parser never percent-decodes: '%2F' and '%5C' are copied into the path as
+    they are, so ``/%2F%2Fevil.example/x`` is one segment ``%2F%2Fevil.example``
+    here (percent-decoding happens in the server, and the gateway refuses an
+    encoded '/' or '\\' in a path with 400).  ``/.//evil.example`` has '.' as its
+    second character: a path, ``//evil.example`` on this host after the dot
+    segment is removed.  A space is not stripped inside a URL (only at its
+    ends, and a header value has none there), tab and line breaks are: those are
+    the collapsed spellings above."""
+    [upstream] = _table(
+        _upstream(match={"hosts": ["gw.example"], "path_prefix": "/pbx"},
+                  url="http://10.0.0.5:8080/base"),
+    ).upstreams  # fmt: skip
+    assert upstream.public_location(location, "https://gw.example") == public
+
+
+def test_a_devices_own_path_location_is_one_too() -> None:
+    """Without a base path nothing is removed, but a path-absolute Location is
+    still sent out as a path on the gateway (a device's ``/\\evil.example``,
+    built from its own ``?next=``); a scheme-relative one (``//host/``) is a
+    redirect elsewhere by the device and left alone, like ``https://host/``."""
+    [upstream] = _table(_upstream(match={"hosts": ["gw.example"]})).upstreams
+    assert upstream.public_location("/\\evil.example/x", "https://gw.example") == "/evil.example/x"
+    assert upstream.public_location("/\t/evil.example/x", "https://gw.example") == "/evil.example/x"
+    assert upstream.public_location("//idp.example/x", "https://gw.example") == "//idp.example/x"
+    assert upstream.public_location("/ok", "https://gw.example") == "/ok"
+    # with the prefix put back nothing can start with two slashes anyway
+    [stripping] = _table(
+        _upstream(match={"hosts": ["gw.example"], "path_prefix": "/pbx", "strip_prefix": True},
+                  url="http://10.0.0.5:8080/base"),
+    ).upstreams  # fmt: skip
+    assert stripping.public_location("/base//evil.example", "https://gw.example") == (
+        "/pbx//evil.example"
+    )
+
+
 def test_default_port_spellings_are_the_upstream() -> None:
     [upstream] = _table(_upstream(url="https://pbx.local")).upstreams
     for location in ("https://pbx.local/x", "https://PBX.local:443/x"):
