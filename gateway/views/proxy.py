@@ -136,8 +136,24 @@ _NOT_FORWARDED = (
     | CLIENT_HINT_HEADERS
     | {"host", "expect", "x-http-method-override", "x-http-method", "x-method-override"}
 )
-# upstream answer headers the gateway's server writes itself
-_NOT_RETURNED = HOP_BY_HOP | {"date", "server"}
+# upstream answer headers never passed on: those the gateway's server writes
+# itself, and those by which an answer would steer a web server in front of the
+# gateway (nginx follows X-Accel-Redirect to any location of its own, internal
+# ones such as its /.sso/auth subrequest included; Apache and lighttpd follow
+# X-Sendfile to a file of theirs): a device's answer is data, never an order to
+# the front proxy
+_FRONT_PROXY_ORDERS = frozenset(
+    {
+        "x-accel-redirect",
+        "x-accel-buffering",
+        "x-accel-charset",
+        "x-accel-limit-rate",
+        "x-sendfile",
+        "x-lighttpd-send-file",
+        "x-lighttpd-sendfile",
+    }
+)
+_NOT_RETURNED = HOP_BY_HOP | _FRONT_PROXY_ORDERS | {"date", "server"}
 # Caching in front of the gateway.  An answer the person's session decided is
 # marked ``private`` (RFC 9111 5.2.2.7): a shared cache (a corporate proxy, a CDN,
 # a caching ingress) must not serve it to anyone else, who would then never be

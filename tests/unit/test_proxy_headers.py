@@ -308,3 +308,28 @@ def test_cache_control_memo_stays_bounded() -> None:
     long = "max-age=1, " + ", ".join(f"x-{i}" for i in range(100))  # never kept
     assert proxy._shareable_removed(long)[0] == "max-age=1"
     assert cache.cache_info().currsize == proxy._MEMO_LIMIT
+
+
+@pytest.mark.parametrize("personal", [True, False])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "X-Accel-Redirect",  # nginx would follow it to an internal location of its own
+        "x-accel-redirect",
+        "X-Accel-Buffering",
+        "X-Accel-Limit-Rate",
+        "X-Sendfile",  # Apache mod_xsendfile, lighttpd
+        "X-LIGHTTPD-send-file",
+    ],
+)
+def test_an_upstream_never_gives_orders_to_a_web_server_in_front(name: str, personal: bool) -> None:
+    """A compromised device answering X-Accel-Redirect: /.sso/auth (or any
+    internal location) would have nginx in front serve that instead."""
+    answer = _app()._answer_headers(
+        [("Content-Type", "text/plain"), (name, "/internal/secret")],
+        _plain_upstream(),
+        "https://gw.example",
+        personal=personal,
+        status=200,
+    )
+    assert [n for n, _ in answer if n.lower() not in ("content-type", "cache-control")] == []
