@@ -15,7 +15,18 @@ python3-saml / xmlsec.  On top of the library's strict mode this module adds:
   gateway issued (or its absence: unsolicited responses are refused unless
   allowed);
 * ``NotBefore``/``NotOnOrAfter`` with the configured clock skew, on the
-  gateway's clock (the library's drift is a fixed 300 s).
+  gateway's clock (the library's drift is a fixed 300 s);
+* an ``AudienceRestriction`` is required and every one must name this SP
+  (SAML core 2.5.1.4: each must hold; the library merges them into one list);
+* encrypted parts must use RSA-OAEP key transport (no RSA PKCS#1 v1.5), checked
+  before anything is decrypted;
+* HTTP-Redirect (Single Logout) messages are read from the raw query string:
+  each protocol parameter exactly once and literally named, the signature
+  verified over exactly those raw parts before anything is inflated, and the
+  inflated message capped at :data:`MAX_INFLATED` bytes;
+* a LogoutRequest's ``IssueInstant`` must be recent (``request_lifetime``, with
+  the clock skew);
+* the IdP metadata URL never follows a redirect to a weaker scheme.
 
 Errors are :class:`AuthenticationFailed` with a reason for the audit log.
 """
@@ -23,14 +34,18 @@ Errors are :class:`AuthenticationFailed` with a reason for the audit log.
 from __future__ import annotations
 
 import hashlib
+import re
+import ssl
 import threading
 import time
 import urllib.request
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from http.client import HTTPMessage
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import IO, Any
+from urllib.parse import unquote_plus, urlsplit
 
 from lxml import etree
 from onelogin.saml2.auth import OneLogin_Saml2_Auth
@@ -53,6 +68,21 @@ SLO_PATH = "/.sso/saml/slo"
 METADATA_PATH = "/.sso/saml/metadata"
 MAX_METADATA_BYTES = 1024 * 1024
 MAX_SUBJECT = 256
+# a SAMLResponse posted to the ACS, base64 (the view's body limit is the same):
+# at most 768 KiB of XML; the POST binding is not compressed, and a decrypted
+# assertion is no larger than its ciphertext
+MAX_RESPONSE_CHARS = 1024 * 1024
+# a LogoutRequest / LogoutResponse of the HTTP-Redirect binding, inflated (real
+# ones are a few KiB; the deflated value in an 8 KiB URL could inflate to MBs)
+MAX_INFLATED = 256 * 1024
+# the parameters of the HTTP-Redirect binding (SAML bindings 3.4.4)
+REDIRECT_PARAMETERS = ("SAMLRequest", "SAMLResponse", "RelayState", "SigAlg", "Signature")
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9._~-]+")
+_REDIRECT_SIG_ALGS = frozenset({C.RSA_SHA256, C.RSA_SHA384, C.RSA_SHA512})
+# key transport for encrypted assertions: RSA-OAEP only (PKCS#1 v1.5 invites
+# padding-oracle attacks on the SP key)
+XENC = "http://www.w3.org/2001/04/xmlenc#"
+KEY_TRANSPORTS = frozenset({XENC + "rsa-oaep-mgf1p", "http://www.w3.org/2009/xmlenc11#rsa-oaep"})
 # after a failed metadata load, seconds before the next try (with / without an
 # older copy in force)
 RETRY_KEPT = 60.0
@@ -98,9 +128,71 @@ class LogoutRequestFacts:
     """A verified LogoutRequest from the IdP."""
 
     request_id: str
+    issuer: str
     name_id: str
     session_indexes: tuple[str, ...]
     response_url: str  # the signed LogoutResponse to send the browser to
+    # until when (gateway clock) this request would still be accepted: how long
+    # its ID must be remembered against a replay
+    accepted_until: float
+
+
+@dataclass(frozen=True)
+class RedirectMessage:
+    """A message of the HTTP-Redirect binding, read from the raw query string
+    (:func:`read_redirect_query`)."""
+
+    kind: str  # "SAMLRequest" or "SAMLResponse"
+    raw: Mapping[str, str]  # protocol parameter -> its value as sent (percent-encoded)
+    args: Mapping[str, str]  # the same, decoded
+
+    def signed_octets(self) -> str:
+        """What the Redirect-binding signature covers (SAML bindings 3.4.4.1):
+        the raw ``SAMLRequest``/``SAMLResponse``, ``RelayState`` (when sent) and
+        ``SigAlg`` parts, in that order."""
+        names = (self.kind, "RelayState", "SigAlg")
+        return "&".join(f"{name}={self.raw[name]}" for name in names if name in self.raw)
+
+    def query_string(self) -> str:
+        """The accepted parameters only, as sent (for python3-saml, which
+        rebuilds the signed octets from it as well)."""
+        return "&".join(f"{name}={value}" for name, value in self.raw.items())
+
+
+def read_redirect_query(query_string: str) -> RedirectMessage:
+    """The SAML parameters of a raw query string, refusing anything that could
+    read one way to the signature check and another to the code that acts on
+    it: a parameter name that is percent-encoded (or otherwise not plain), a
+    protocol parameter sent twice or without a value (``RelayState=`` may be
+    empty, but not bare), both or neither of
+    ``SAMLRequest`` and ``SAMLResponse``.  Other plain parameters are ignored."""
+    if not query_string.isascii():
+        raise AuthenticationFailed("query string is not ASCII")
+    raw: dict[str, str] = {}
+    for part in query_string.split("&"):
+        if not part:
+            continue
+        name, has_value, value = part.partition("=")
+        if not _PLAIN_NAME.fullmatch(name):
+            raise AuthenticationFailed(
+                f"query parameter name {name[:40]!r} is percent-encoded or not plain"
+            )
+        if name not in REDIRECT_PARAMETERS:
+            continue
+        if name in raw:
+            raise AuthenticationFailed(f"{name} appears twice in the query string")
+        # an empty RelayState is still a part the signature covers
+        if not has_value or (not value and name != "RelayState"):
+            raise AuthenticationFailed(f"{name} has no value")
+        raw[name] = value
+    kinds = [name for name in ("SAMLRequest", "SAMLResponse") if name in raw]
+    if len(kinds) != 1:
+        raise AuthenticationFailed(
+            "both SAMLRequest and SAMLResponse" if kinds else "no SAMLRequest or SAMLResponse"
+        )
+    return RedirectMessage(
+        kind=kinds[0], raw=raw, args={name: unquote_plus(value) for name, value in raw.items()}
+    )
 
 
 @dataclass
@@ -113,9 +205,49 @@ class _Idp:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def _default_fetch(url: str, timeout: float) -> bytes:
+class MetadataRedirectRefused(ValueError):
+    """The metadata URL redirected to a scheme it may not go to."""
+
+
+class _NoDowngradeRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to one of ``schemes``: from an https URL to https
+    alone, never to plain http (nor ftp, which urllib would follow too)."""
+
+    def __init__(self, schemes: frozenset[str]) -> None:
+        super().__init__()
+        self._schemes = schemes
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        scheme = urlsplit(newurl).scheme.lower()
+        if scheme not in self._schemes:
+            raise MetadataRedirectRefused(
+                f"the metadata URL redirected to {newurl[:120]!r}: refused, "
+                f"only {' or '.join(sorted(self._schemes))} may follow {req.full_url[:80]!r}"
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _default_fetch(url: str, timeout: float, *, context: ssl.SSLContext | None = None) -> bytes:
+    """GET the IdP metadata.  ``url`` is https (or http, where the settings
+    allow it for tests); a redirect may not lower the scheme (from https only to
+    https).  ``context``: the TLS context (tests; default: the system's)."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in ("https", "http"):
+        raise ValueError(f"the metadata URL is not http(s): {url[:120]!r}")
+    schemes = frozenset({"https"}) if scheme == "https" else frozenset({"http", "https"})
+    opener = urllib.request.build_opener(
+        _NoDowngradeRedirects(schemes), urllib.request.HTTPSHandler(context=context)
+    )
     request = urllib.request.Request(url, headers={"Accept": "application/samlmetadata+xml"})  # noqa: S310 (https only unless allowed)
-    with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310
+    with opener.open(request, timeout=timeout) as answer:
         data: bytes = answer.read(MAX_METADATA_BYTES + 1)
     if len(data) > MAX_METADATA_BYTES:
         raise ValueError("the metadata is larger than 1 MiB")
@@ -142,9 +274,10 @@ _SAFE_PARSER = etree.XMLParser(
 )
 
 
-def screen_xml(data: bytes) -> None:
+def screen_xml(data: bytes) -> Any:
     """Refuse XML a SAML message never needs: a DTD (XXE, entity expansion),
-    comments and processing instructions (NameID comment injection)."""
+    comments and processing instructions (NameID comment injection).  Returns
+    the parsed root element (lxml)."""
     lowered = data.lower()
     if b"<!doctype" in lowered or b"<!entity" in lowered:
         raise AuthenticationFailed("xml has a DTD or entity declaration")
@@ -163,6 +296,20 @@ def screen_xml(data: bytes) -> None:
     for sibling in (*root.itersiblings(preceding=True), *root.itersiblings()):
         if isinstance(sibling, etree._Comment | etree._ProcessingInstruction):
             raise AuthenticationFailed("xml contains a comment or processing instruction")
+    return root
+
+
+def check_key_transport(root: Any) -> None:
+    """Refuse encrypted parts whose key is not sent with RSA-OAEP (above all
+    RSA PKCS#1 v1.5, ``xmlenc#rsa-1_5``): run on the received document before
+    anything in it is decrypted."""
+    for key in root.iter(f"{{{XENC}}}EncryptedKey"):
+        methods = key.findall(f"{{{XENC}}}EncryptionMethod")
+        algorithm = methods[0].get("Algorithm") if len(methods) == 1 else None
+        if algorithm not in KEY_TRANSPORTS:
+            raise AuthenticationFailed(
+                f"encrypted key transport {str(algorithm)[:80]!r} refused (RSA-OAEP only)"
+            )
 
 
 def _b64_xml(value: str, what: str) -> bytes:
@@ -418,8 +565,10 @@ class SamlServiceProvider:
         """Check a SAMLResponse posted to the ACS.  ``request_id`` is the ID of
         the AuthnRequest this browser started (None: no login was started here,
         which only an allowed unsolicited response may be)."""
+        if len(saml_response) > MAX_RESPONSE_CHARS:
+            raise AuthenticationFailed("SAMLResponse is larger than 1 MiB")
         data = _b64_xml(saml_response, "SAMLResponse")
-        screen_xml(data)
+        check_key_transport(screen_xml(data))
         idp = self._current()
         try:
             response = OneLogin_Saml2_Response(idp.settings, saml_response)
@@ -481,6 +630,18 @@ class SamlServiceProvider:
             raise AuthenticationFailed("assertion not yet valid (NotBefore)")
         if not_after <= now - skew:
             raise AuthenticationFailed("assertion expired (NotOnOrAfter)")
+        # the library accepts an assertion without any audience and merges all
+        # AudienceRestrictions into one list; SAML core 2.5.1.4 wants each to
+        # hold: at least one, and every one names this SP
+        restrictions = q("/saml:Conditions/saml:AudienceRestriction")
+        if not restrictions:
+            raise AuthenticationFailed("assertion has no AudienceRestriction (audience)")
+        for restriction in restrictions:
+            audiences = [a.text for a in restriction.findall(f"{{{C.NS_SAML}}}Audience")]
+            if self.entity_id not in audiences:
+                raise AuthenticationFailed(
+                    "an AudienceRestriction does not name this SP (audience)"
+                )
         # one bearer confirmation for exactly this ACS and this request
         confirmed = False
         for scd in q("/saml:Subject/saml:SubjectConfirmation/saml:SubjectConfirmationData"):
@@ -585,24 +746,50 @@ class SamlServiceProvider:
         )
         return str(auth.get_last_request_id()), str(url)
 
-    def _slo_auth(self, args: Mapping[str, str], query_string: str) -> OneLogin_Saml2_Auth:
+    def _verify_redirect_signature(self, idp: _Idp, message: RedirectMessage) -> None:
+        """The Redirect-binding signature over the raw parts it covers, checked
+        before the message is inflated or parsed (it signs the deflated value)."""
+        args = message.args
         if "Signature" not in args or "SigAlg" not in args:
             raise AuthenticationFailed("logout message is not signed")
-        if not self.settings.allow_sha1 and args["SigAlg"] in C.DEPRECATED_ALGORITHMS:
-            raise AuthenticationFailed("logout message signed with SHA-1")
-        key = "SAMLResponse" if "SAMLResponse" in args else "SAMLRequest"
-        screen_xml(_inflate(args[key], key))
+        algorithm = args["SigAlg"]
+        if algorithm in C.DEPRECATED_ALGORITHMS:
+            if not self.settings.allow_sha1:
+                raise AuthenticationFailed("logout message signed with SHA-1")
+            if algorithm != C.RSA_SHA1:
+                raise AuthenticationFailed("logout message signature algorithm not supported")
+        elif algorithm not in _REDIRECT_SIG_ALGS:
+            raise AuthenticationFailed("logout message signature algorithm not supported")
+        try:
+            signature = OneLogin_Saml2_Utils.b64decode(args["Signature"])  # as the library
+        except (ValueError, TypeError):  # binascii.Error is a ValueError
+            raise AuthenticationFailed("logout message signature is not base64") from None
+        signed = message.signed_octets()
+        data = idp.settings.get_idp_data()
+        certs = list((data.get("x509certMulti") or {}).get("signing") or [])
+        certs = certs or [data.get("x509cert")]
+        for cert in certs:
+            if cert and OneLogin_Saml2_Utils.validate_binary_sign(
+                signed, signature, cert, algorithm
+            ):
+                return
+        raise AuthenticationFailed("logout message signature validation failed")
+
+    def _slo_auth(self, message: RedirectMessage) -> OneLogin_Saml2_Auth:
         idp = self._current()
+        self._verify_redirect_signature(idp, message)
+        screen_xml(_inflate(message.args[message.kind], message.kind))
+        # python3-saml verifies the signature again, over the same raw parts
         return OneLogin_Saml2_Auth(
-            self._request_data(SLO_PATH, get=args, query_string=query_string),
+            self._request_data(SLO_PATH, get=message.args, query_string=message.query_string()),
             old_settings=idp.settings,
         )
 
-    def validate_logout_response(
-        self, args: Mapping[str, str], query_string: str, request_id: str
-    ) -> None:
+    def validate_logout_response(self, message: RedirectMessage, request_id: str) -> None:
         """Check the IdP's answer to our LogoutRequest (signed, for ``request_id``)."""
-        auth = self._slo_auth(args, query_string)
+        if message.kind != "SAMLResponse":
+            raise AuthenticationFailed("not a LogoutResponse")
+        auth = self._slo_auth(message)
         try:
             auth.process_slo(keep_local_session=True, request_id=request_id)
         except Exception as exc:  # noqa: BLE001
@@ -612,9 +799,14 @@ class SamlServiceProvider:
             reason = auth.get_last_error_reason() or ", ".join(errors)
             raise AuthenticationFailed(f"logout response invalid: {str(reason)[:200]}")
 
-    def read_logout_request(self, args: Mapping[str, str], query_string: str) -> LogoutRequestFacts:
-        """Verify an IdP-initiated LogoutRequest and build the signed answer."""
-        auth = self._slo_auth(args, query_string)
+    def read_logout_request(self, message: RedirectMessage, now: float) -> LogoutRequestFacts:
+        """Verify an IdP-initiated LogoutRequest (signature, then content, then
+        ``IssueInstant`` within ``request_lifetime`` and the clock skew of
+        ``now``) and build the signed answer.  Its ID is for the caller's replay
+        cache."""
+        if message.kind != "SAMLRequest":
+            raise AuthenticationFailed("not a LogoutRequest")
+        auth = self._slo_auth(message)
         try:
             url = auth.process_slo(keep_local_session=True)
         except Exception as exc:  # noqa: BLE001
@@ -628,13 +820,29 @@ class SamlServiceProvider:
             name_id = OneLogin_Saml2_Logout_Request.get_nameid(xml)
             indexes = OneLogin_Saml2_Logout_Request.get_session_indexes(xml)
             request_id = OneLogin_Saml2_Logout_Request.get_id(xml)
+            issuer = OneLogin_Saml2_Logout_Request.get_issuer(xml)
+            issued = _time(etree.fromstring(xml.encode("utf-8"), _SAFE_PARSER).get("IssueInstant"))
+        except AuthenticationFailed:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise AuthenticationFailed(f"logout request unreadable: {str(exc)[:200]}") from None
+        if not request_id:
+            raise AuthenticationFailed("logout request has no ID")
+        skew = self.settings.clock_skew
+        if issued is None:
+            raise AuthenticationFailed("logout request has no IssueInstant")
+        if issued > now + skew:
+            raise AuthenticationFailed("logout request issued in the future (IssueInstant)")
+        accepted_until = issued + self.settings.request_lifetime + skew
+        if accepted_until < now:
+            raise AuthenticationFailed("logout request too old (IssueInstant)")
         return LogoutRequestFacts(
             request_id=str(request_id),
+            issuer=str(issuer or self.idp_entity_id),
             name_id=str(name_id),
             session_indexes=tuple(str(i) for i in indexes),
             response_url=str(url),
+            accepted_until=accepted_until,
         )
 
 
@@ -680,11 +888,22 @@ def check_files(
 
 
 def _inflate(value: str, what: str) -> bytes:
+    """base64 + raw DEFLATE (the HTTP-Redirect encoding), at most
+    :data:`MAX_INFLATED` bytes out: a larger message is refused, not inflated."""
     try:
-        data = OneLogin_Saml2_Utils.decode_base64_and_inflate(value)
-    except Exception:  # noqa: BLE001 (zlib/base64 errors)
+        data = OneLogin_Saml2_Utils.b64decode(value)  # as lenient as the library
+    except (ValueError, TypeError):
         raise AuthenticationFailed(f"{what} is not deflated base64") from None
-    return data if isinstance(data, bytes) else str(data).encode("utf-8")
+    inflater = zlib.decompressobj(-15)
+    try:
+        out = inflater.decompress(data, MAX_INFLATED)
+    except zlib.error:
+        raise AuthenticationFailed(f"{what} is not deflated base64") from None
+    if inflater.unconsumed_tail:
+        raise AuthenticationFailed(f"{what} inflates to more than {MAX_INFLATED // 1024} KiB")
+    if not inflater.eof or inflater.unused_data:
+        raise AuthenticationFailed(f"{what} is not deflated base64 (truncated or trailing data)")
+    return bytes(out)
 
 
 def _time(value: str | None) -> float | None:

@@ -6,7 +6,13 @@ ID, the (checked) ``rd`` and whether the login must be fresh under a random
 handle in the session store; the browser carries the handle twice: as the
 RelayState and in a short-lived cookie, so the state is bound to the browser
 that started the login and can be used once.  Assertion IDs go into a replay
-cache in the store until their ``NotOnOrAfter`` has passed.
+cache in the store until their ``NotOnOrAfter`` has passed, and the IDs of the
+IdP's LogoutRequests until they would be too old to be accepted.
+
+``/.sso/saml/slo`` reads the HTTP-Redirect binding from the raw query string
+(:func:`gateway.providers.saml.read_redirect_query`), so the parts the signature
+covers are the parts acted on; a query that werkzeug decodes differently is
+refused.
 """
 
 from __future__ import annotations
@@ -20,7 +26,13 @@ from flask import Blueprint, Response, request
 from werkzeug.wrappers import Request
 
 from gateway.core.errors import AuthenticationFailed, StoreUnavailable
-from gateway.providers.saml import SamlServiceProvider, SamlUnavailable
+from gateway.providers.saml import (
+    REDIRECT_PARAMETERS,
+    RedirectMessage,
+    SamlServiceProvider,
+    SamlUnavailable,
+    read_redirect_query,
+)
 from gateway.services import Services
 from gateway.sessions.manager import EXPIRED_GRACE, Session
 from gateway.views.common import (
@@ -39,6 +51,7 @@ STATE_COOKIE_SUFFIX = "_saml"
 _LOGIN = "saml:login:"
 _LOGOUT = "saml:logout:"
 _SEEN = "saml:seen:"
+_SLO_SEEN = "saml:slo-seen:"
 _NAMEID = "saml:nameid:"
 ACS_MAX_BYTES = 1024 * 1024
 FAILED = "Sign-in through your organisation's identity provider failed. Try again."
@@ -247,13 +260,18 @@ def slo() -> Response:
     svc = services()
     if svc.saml is None:
         return Response("SAML is not configured", 404, mimetype="text/plain")
-    args = {k: v for k, v in request.args.items()}
-    query_string = request.query_string.decode("latin-1")
-    if "SAMLResponse" in args:
-        return _logout_answered(svc, args, query_string)
-    if "SAMLRequest" in args:
-        return _logout_requested(svc, args, query_string)
-    return _slo_refused(svc, "no SAMLRequest or SAMLResponse", "slo_request")
+    try:
+        message = read_redirect_query(request.query_string.decode("latin-1"))
+    except AuthenticationFailed as exc:
+        return _slo_refused(svc, exc.reason, "slo_request")
+    # what the rest of the app would read must be what was read here
+    for name in REDIRECT_PARAMETERS:
+        read = [message.args[name]] if name in message.args else []
+        if request.args.getlist(name) != read:
+            return _slo_refused(svc, f"{name} reads differently when decoded", "slo_request")
+    if message.kind == "SAMLResponse":
+        return _logout_answered(svc, message)
+    return _logout_requested(svc, message)
 
 
 def _slo_refused(svc: Services, reason: str, kind: str) -> Response:
@@ -269,10 +287,10 @@ def _slo_refused(svc: Services, reason: str, kind: str) -> Response:
     )
 
 
-def _logout_answered(svc: Services, args: dict[str, str], query_string: str) -> Response:
+def _logout_answered(svc: Services, message: RedirectMessage) -> Response:
     """The IdP's LogoutResponse to the LogoutRequest we sent at /.sso/logout."""
     assert svc.saml is not None
-    relay = args.get("RelayState", "")
+    relay = message.args.get("RelayState", "")
     try:
         state = svc.store.pop_value(_LOGOUT + _digest(relay)) if relay else None
     except StoreUnavailable as exc:
@@ -280,7 +298,7 @@ def _logout_answered(svc: Services, args: dict[str, str], query_string: str) -> 
     if state is None:
         return _slo_refused(svc, "LogoutResponse for no logout we started", "logout_response")
     try:
-        svc.saml.validate_logout_response(args, query_string, str(state["id"]))
+        svc.saml.validate_logout_response(message, str(state["id"]))
     except AuthenticationFailed as exc:
         return _slo_refused(svc, exc.reason, "logout_response")
     except SamlUnavailable as exc:
@@ -295,11 +313,14 @@ def _logout_answered(svc: Services, args: dict[str, str], query_string: str) -> 
     return resp
 
 
-def _logout_requested(svc: Services, args: dict[str, str], query_string: str) -> Response:
-    """IdP-initiated Single Logout: end the matching sessions, answer signed."""
+def _logout_requested(svc: Services, message: RedirectMessage) -> Response:
+    """IdP-initiated Single Logout: end the matching sessions, answer signed.
+    Each LogoutRequest works once (its issuer and ID are remembered for as
+    long as its ``IssueInstant`` would let it be accepted)."""
     assert svc.saml is not None
+    now = svc.clock()
     try:
-        facts = svc.saml.read_logout_request(args, query_string)
+        facts = svc.saml.read_logout_request(message, now)
     except AuthenticationFailed as exc:
         return _slo_refused(svc, exc.reason, "logout_request")
     except SamlUnavailable as exc:
@@ -307,6 +328,9 @@ def _logout_requested(svc: Services, args: dict[str, str], query_string: str) ->
     revoked: list[str] = []
     user = ""
     try:
+        ttl = max(facts.accepted_until - now, 60.0)
+        if not svc.store.add_once(_SLO_SEEN + _digest(facts.issuer + "\n" + facts.request_id), ttl):
+            return _slo_refused(svc, "replayed logout request", "logout_request")
         mapped = svc.store.pop_value(_NAMEID + _digest(facts.name_id))
         if mapped is not None:
             user = str(mapped.get("subject", ""))

@@ -8,20 +8,26 @@ of "On Breaking SAML: Be Whoever You Want to Be" (Somorovsky et al., 2012).
 
 from __future__ import annotations
 
+import base64
 import copy
 import datetime as dt
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeAlias
+from urllib.parse import quote, unquote, urlsplit
 
+import xmlsec
 from lxml import etree
 from onelogin.saml2.constants import OneLogin_Saml2_Constants as C
 from onelogin.saml2.utils import OneLogin_Saml2_Utils
+from xmlsec import constants as xc
 
 SAMLP = "urn:oasis:names:tc:SAML:2.0:protocol"
 SAML = "urn:oasis:names:tc:SAML:2.0:assertion"
 DS = "http://www.w3.org/2000/09/xmldsig#"
-NS = {"samlp": SAMLP, "saml": SAML, "ds": DS}
+XENC = "http://www.w3.org/2001/04/xmlenc#"
+NS = {"samlp": SAMLP, "saml": SAML, "ds": DS, "xenc": XENC}
 UPN = "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/upn"
 GROUP = "http://schemas.xmlsoap.org/claims/Group"
 
@@ -187,3 +193,79 @@ def xsw(variant: int, xml: bytes) -> bytes:
     else:
         raise ValueError(variant)
     return dump(root)
+
+
+# -- the HTTP-Redirect binding (Single Logout) -----------------------------------
+
+
+def deflate_b64(xml: bytes) -> str:
+    """Raw DEFLATE + base64, the HTTP-Redirect encoding."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return base64.b64encode(compressor.compress(xml) + compressor.flush()).decode("ascii")
+
+
+def inflate_b64(value: str) -> bytes:
+    return zlib.decompress(base64.b64decode(value), -15)
+
+
+def raw_parts(url: str) -> list[str]:
+    """The query of ``url`` split into its raw ``name=value`` parts."""
+    return urlsplit(url).query.split("&")
+
+
+def raw_value(url: str, name: str) -> str:
+    """The percent-decoded value of parameter ``name`` in ``url``."""
+    (part,) = [p for p in raw_parts(url) if p.startswith(name + "=")]
+    return unquote(part.split("=", 1)[1])
+
+
+def sign_redirect(
+    message_part: str, key: Path, *, relay_state: str | None = None, sig_alg: str = C.RSA_SHA256
+) -> str:
+    """A query string of the HTTP-Redirect binding: ``message_part`` (the raw
+    ``SAMLRequest=...`` or ``SAMLResponse=...``), the RelayState, SigAlg and a
+    Signature made with ``key`` the way an IdP signs (SAML bindings 3.4.4.1:
+    over the encoded parts, in that order)."""
+    parts = [message_part]
+    if relay_state is not None:
+        parts.append(f"RelayState={quote(relay_state, safe='')}")
+    parts.append(f"SigAlg={quote(sig_alg, safe='')}")
+    transform = xc.TransformRsaSha1 if sig_alg == C.RSA_SHA1 else xc.TransformRsaSha256
+    signature = OneLogin_Saml2_Utils.sign_binary("&".join(parts), key.read_text(), transform)
+    parts.append("Signature=" + quote(base64.b64encode(signature).decode("ascii"), safe=""))
+    return "&".join(parts)
+
+
+def redirect_query(kind: str, xml: bytes, key: Path, *, relay_state: str | None = None) -> str:
+    """``xml`` as ``kind`` (SAMLRequest or SAMLResponse), deflated and signed
+    with ``key`` (:func:`sign_redirect`)."""
+    value = quote(deflate_b64(xml), safe="")
+    return sign_redirect(f"{kind}={value}", key, relay_state=relay_state)
+
+
+# -- encrypted assertions (made with the SP's public certificate) -------------------
+
+
+def encrypt_assertion(root: Element, cert: Path, *, transport: str = "oaep") -> Element:
+    """Replace the response's assertion by an EncryptedAssertion for the SP
+    certificate ``cert`` (AES-128-CBC; key transport RSA-OAEP, or RSA PKCS#1
+    v1.5 for ``transport="rsa15"``), as anyone holding the SP metadata can.
+    Returns the EncryptedAssertion."""
+    assertion = assertion_of(root)
+    encrypted = etree.Element(f"{{{SAML}}}EncryptedAssertion")
+    root.replace(assertion, encrypted)
+    encrypted.append(assertion)  # encrypt_xml replaces it in place
+    data = xmlsec.template.encrypted_data_create(
+        root, xc.TransformAes128Cbc, type=xc.TypeEncElement, ns="xenc"
+    )
+    xmlsec.template.encrypted_data_ensure_cipher_value(data)
+    key_info = xmlsec.template.encrypted_data_ensure_key_info(data, ns="dsig")
+    method = xc.TransformRsaPkcs1 if transport == "rsa15" else xc.TransformRsaOaep
+    encrypted_key = xmlsec.template.add_encrypted_key(key_info, method)
+    xmlsec.template.encrypted_data_ensure_cipher_value(encrypted_key)
+    manager = xmlsec.KeysManager()
+    manager.add_key(xmlsec.Key.from_file(str(cert), xc.KeyDataFormatCertPem, None))
+    context = xmlsec.EncryptionContext(manager)
+    context.key = xmlsec.Key.generate(xc.KeyDataAes, 128, xc.KeyDataTypeSession)
+    context.encrypt_xml(data, assertion)
+    return encrypted

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from gateway.core.errors import AuthenticationFailed
-from gateway.providers.saml import SamlServiceProvider, screen_xml
+from gateway.providers.saml import MAX_RESPONSE_CHARS, SamlServiceProvider, screen_xml
 from gateway.settings_saml import SamlSettings
 from tests.saml import forge
 from tests.saml_idp import SamlIdp, sign_in_at_idp
@@ -186,3 +186,11 @@ def test_claim_mapping_for_another_idp(sp_keys: tuple[Path, Path], tmp_path: Pat
         sp.identity("", {}, 0)
     with pytest.raises(AuthenticationFailed):
         sp.identity("a\nb", {}, 0)
+
+
+def test_oversized_response_is_refused_before_decoding(sp: SamlServiceProvider) -> None:
+    """The adapter caps a SAMLResponse on its own (the ACS body limit is the
+    same 1 MiB): at most 768 KiB of XML, never compressed."""
+    huge = base64.b64encode(b"<r>" + b" " * MAX_RESPONSE_CHARS + b"</r>").decode()
+    with pytest.raises(AuthenticationFailed, match="larger than 1 MiB"):
+        sp.validate_response(huge, request_id="_x", now=time.time())

@@ -6,14 +6,16 @@ says why.  The inputs start from real responses of the test IdP and are changed
 from __future__ import annotations
 
 import base64
+import copy
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from lxml import etree
 
 from tests.flows.conftest import Gateway
 from tests.saml import forge
-from tests.saml.conftest import ACS_URL, idp_form, post_acs, start_login
+from tests.saml.conftest import ACS_URL, SP_ENTITY_ID, idp_form, post_acs, start_login
 from tests.saml.forge import Element
 from tests.saml_idp import SamlIdp, make_keypair
 
@@ -116,6 +118,9 @@ def test_nameid_comment_injection(sgw: Gateway, saml_idp: SamlIdp) -> None:
         (lambda r, a: _conditions(a, not_before=forge.saml_time(3600)), "not yet valid"),
         (lambda r, a: _conditions(a, not_before=forge.saml_time(120)), "not yet valid"),
         (lambda r, a: _audience(a, "https://other-sp.test/metadata"), "audience"),
+        (lambda r, a: _no_audience_restriction(a), "no AudienceRestriction"),
+        (lambda r, a: _another_restriction(a, "https://other-sp.test/metadata"), "audience"),
+        (lambda r, a: _another_restriction(a, SP_ENTITY_ID + "-other"), "audience"),
         (lambda r, a: r.set("Destination", "https://other-sp.test/acs"), "destination"),
         (lambda r, a: _recipient(a, "https://other-sp.test/acs"), "subjectconfirmation"),
         (lambda r, a: _recipient(a, ACS_URL + ".evil"), "subjectconfirmation"),
@@ -127,6 +132,9 @@ def test_nameid_comment_injection(sgw: Gateway, saml_idp: SamlIdp) -> None:
         "not-yet-valid",
         "not-yet-valid-beyond-skew",
         "wrong-audience",
+        "no-audience-restriction",
+        "second-restriction-for-another-sp",
+        "second-restriction-for-a-prefix",
         "wrong-destination",
         "wrong-recipient",
         "recipient-prefix",
@@ -158,6 +166,87 @@ def _audience(assertion: Element, value: str) -> None:
     audience = assertion.find("saml:Conditions/saml:AudienceRestriction/saml:Audience", forge.NS)
     assert audience is not None
     audience.text = value
+
+
+def _no_audience_restriction(assertion: Element) -> None:
+    conditions = assertion.find("saml:Conditions", forge.NS)
+    assert conditions is not None
+    restrictions = conditions.findall("saml:AudienceRestriction", forge.NS)
+    assert restrictions  # the IdP sends one: it is the forger who took it out
+    for restriction in restrictions:
+        conditions.remove(restriction)
+
+
+def _another_restriction(assertion: Element, audience: str) -> None:
+    """A second AudienceRestriction, for someone else: both must hold (SAML
+    core 2.5.1.4), so this SP is not an audience."""
+    conditions = assertion.find("saml:Conditions", forge.NS)
+    assert conditions is not None
+    ours = conditions.find("saml:AudienceRestriction", forge.NS)
+    assert ours is not None
+    other = copy.deepcopy(ours)
+    audiences = other.findall("saml:Audience", forge.NS)
+    audiences[0].text = audience
+    for extra in audiences[1:]:
+        other.remove(extra)
+    conditions.insert(0, other)
+
+
+def test_audience_restriction_listing_this_sp_among_others_is_accepted(
+    sgw: Gateway, saml_idp: SamlIdp, idp_key: tuple[Path, Path]
+) -> None:
+    """Within one AudienceRestriction the audiences are alternatives."""
+
+    def add_audience(root: Element, assertion: Element) -> None:
+        restriction = assertion.find("saml:Conditions/saml:AudienceRestriction", forge.NS)
+        assert restriction is not None
+        other = copy.deepcopy(restriction.find("saml:Audience", forge.NS))
+        other.text = "https://other-sp.test/metadata"
+        restriction.insert(0, other)
+
+    xml, relay = issued(sgw, saml_idp)
+    assert post(sgw, forge.resign_assertion(xml, *idp_key, add_audience), relay) == 303
+
+
+def test_idp_assertion_names_this_sp_as_its_only_audience(sgw: Gateway, saml_idp: SamlIdp) -> None:
+    xml, _relay = issued(sgw, saml_idp)
+    restrictions = forge.assertion_of(forge.parse(xml)).findall(
+        "saml:Conditions/saml:AudienceRestriction", forge.NS
+    )
+    assert [[a.text for a in r] for r in restrictions] == [[SP_ENTITY_ID]]
+
+
+@pytest.mark.parametrize("where", ["inline", "sibling"])
+def test_rsa_pkcs1_v15_key_transport_is_refused(
+    sgw: Gateway, saml_idp: SamlIdp, sp_keys: tuple[Path, Path], where: str
+) -> None:
+    """A genuinely signed assertion encrypted to the SP certificate (public, in
+    its metadata) with RSA PKCS#1 v1.5 key transport: refused before the SP key
+    decrypts anything (no padding oracle on the SP key).  The EncryptedKey inside
+    the EncryptedData, or beside it (referenced by a RetrievalMethod)."""
+    xml, relay = issued(sgw, saml_idp)
+    root = forge.parse(xml)
+    encrypted = forge.encrypt_assertion(root, sp_keys[1], transport="rsa15")
+    if where == "sibling":
+        key = encrypted.find(".//xenc:EncryptedKey", forge.NS)
+        assert key is not None
+        holder = key.getparent()
+        key.set("Id", "_k1")
+        method = etree.SubElement(holder, f"{{{forge.DS}}}RetrievalMethod")
+        method.set("URI", "#_k1")
+        method.set("Type", forge.XENC + "EncryptedKey")
+        encrypted.append(key)
+    assert_refused(sgw, post(sgw, forge.dump(root), relay), "key transport")
+
+
+def test_rsa_oaep_key_transport_is_accepted(
+    sgw: Gateway, saml_idp: SamlIdp, sp_keys: tuple[Path, Path]
+) -> None:
+    """The same made with RSA-OAEP: decrypted and accepted (the helper is sound)."""
+    xml, relay = issued(sgw, saml_idp)
+    root = forge.parse(xml)
+    forge.encrypt_assertion(root, sp_keys[1], transport="oaep")
+    assert post(sgw, forge.dump(root), relay) == 303
 
 
 def _recipient(assertion: Element, value: str) -> None:

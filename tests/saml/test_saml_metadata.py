@@ -1,19 +1,30 @@
 """Metadata both ways: the SP metadata the gateway publishes (read by a second
 SAML library, signature checked by the xmlsec1 tool) and the IdP metadata it
-loads (URL or file, refresh, certificate rollover, fingerprint pinning)."""
+loads (URL or file, refresh, certificate rollover, fingerprint pinning, a URL
+whose redirects may not lower the scheme)."""
 
 from __future__ import annotations
 
+import http.server
+import ssl
 import subprocess
+import threading
+import urllib.error
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from saml2 import BINDING_HTTP_POST, BINDING_HTTP_REDIRECT
 from saml2.md import entity_descriptor_from_string
 
 from gateway.core.errors import ConfigError
-from gateway.providers.saml import SamlServiceProvider, SamlUnavailable
+from gateway.providers.saml import (
+    MetadataRedirectRefused,
+    SamlServiceProvider,
+    SamlUnavailable,
+    _default_fetch,
+)
 from gateway.settings import load_settings
 from gateway.settings_saml import SamlSettings
 from tests.flows.conftest import Gateway
@@ -289,3 +300,195 @@ def test_metadata_load_failures_are_not_retried_on_every_request(
     _request_id, url = sp.login_redirect("h", force_authn=False)
     assert url.startswith(saml_idp.url + "/sso/redirect?SAMLRequest=")
     assert events[-1][0] == "saml_metadata_loaded"
+
+
+# -- fetching the metadata: redirects never lower the scheme ---------------------------
+
+
+class _Server:
+    """A loopback HTTP(S) server in a thread answering every GET with
+    ``answer(path) -> (status, headers, body)``; records the paths asked for."""
+
+    def __init__(
+        self,
+        answer: Callable[[str], tuple[int, dict[str, str], bytes]],
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.hits: list[str] = []
+        hits = self.hits
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                hits.append(self.path)
+                status, headers, body = answer(self.path)
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.scheme = "https" if tls is not None else "http"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.server.server_port}"
+
+    def __enter__(self) -> _Server:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A key and a certificate for 127.0.0.1 (the metadata server's name)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    directory = tmp_path_factory.mktemp("metadata-tls")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    key_path, cert_path = directory / "k.pem", directory / "c.pem"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+def _tls(tls_files: tuple[Path, Path]) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server context, client context trusting only that server)."""
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(str(tls_files[1]), str(tls_files[0]))
+    client = ssl.create_default_context(cafile=str(tls_files[1]))
+    return server, client
+
+
+METADATA_BODY = b"<md>the metadata</md>"
+
+
+def _serve(path: str) -> tuple[int, dict[str, str], bytes]:
+    return 200, {"Content-Type": "application/samlmetadata+xml"}, METADATA_BODY
+
+
+def _redirect(
+    location: str, status: int = 302
+) -> Callable[[str], tuple[int, dict[str, str], bytes]]:
+    return lambda path: (status, {"Location": location}, b"")
+
+
+def test_https_metadata_redirected_to_http_is_refused(
+    sp_keys: tuple[Path, Path], tls_files: tuple[Path, Path]
+) -> None:
+    """An on-path attacker who can make the https endpoint redirect (or who
+    answers a redirect's target) must not get to serve the trust anchor over
+    plain http: the fetch stops before the http request is made, and the
+    provider reports why."""
+    server_tls, client_tls = _tls(tls_files)
+    with _Server(_serve) as plain:
+        target = plain.url + "/FederationMetadata.xml"
+        with _Server(_redirect(target), server_tls) as https:
+            url = https.url + "/FederationMetadata.xml"
+            with pytest.raises(MetadataRedirectRefused, match="only https"):
+                _default_fetch(url, 5, context=client_tls)
+            settings = SamlSettings.model_validate(
+                {"sp_key_file": sp_keys[0], "sp_cert_file": sp_keys[1], "idp_metadata_url": url}
+            )
+            events: list[tuple[str, dict[str, object]]] = []
+            sp = SamlServiceProvider(
+                settings,
+                public_url=PUBLIC_URL,
+                resolve_path=lambda p: p,
+                emit=lambda event, **fields: events.append((event, fields)),
+                fetch=lambda u, t: _default_fetch(u, t, context=client_tls),
+            )
+            with pytest.raises(SamlUnavailable):
+                sp.refresh()
+    assert plain.hits == []
+    assert events[-1][0] == "saml_metadata_failed"
+    assert "MetadataRedirectRefused" in str(events[-1][1]["reason"])
+    assert "http://127.0.0.1" in str(events[-1][1]["reason"])
+
+
+@pytest.mark.parametrize("location", ["ftp://127.0.0.1/md.xml", "file:///etc/passwd"])
+def test_metadata_redirect_to_another_scheme_is_refused(
+    tls_files: tuple[Path, Path], location: str
+) -> None:
+    server_tls, client_tls = _tls(tls_files)
+    with _Server(_redirect(location, 301), server_tls) as https:
+        with pytest.raises((MetadataRedirectRefused, urllib.error.HTTPError)):
+            _default_fetch(https.url + "/md", 5, context=client_tls)
+
+
+def test_https_metadata_redirected_to_https_is_followed(tls_files: tuple[Path, Path]) -> None:
+    server_tls, client_tls = _tls(tls_files)
+    with _Server(_serve, server_tls) as final:
+        target = final.url + "/FederationMetadata/2007-06/FederationMetadata.xml"
+        with _Server(_redirect(target, 301), server_tls) as first:
+            assert _default_fetch(first.url + "/md", 5, context=client_tls) == METADATA_BODY
+    assert final.hits == ["/FederationMetadata/2007-06/FederationMetadata.xml"]
+
+
+def test_http_metadata_url_allowed_for_tests_may_redirect_to_http_or_https(
+    tls_files: tuple[Path, Path],
+) -> None:
+    """``allow_http_metadata_url`` lets an http URL through the settings (tests
+    only); its redirects may stay on http or go to https, and no further."""
+    server_tls, client_tls = _tls(tls_files)
+    with _Server(_serve) as plain, _Server(_serve, server_tls) as https:
+        for target in (plain.url + "/md", https.url + "/md"):
+            with _Server(_redirect(target)) as first:
+                assert _default_fetch(first.url + "/x", 5, context=client_tls) == METADATA_BODY
+        with _Server(_redirect("ftp://127.0.0.1/md")) as first:
+            with pytest.raises((MetadataRedirectRefused, urllib.error.HTTPError)):
+                _default_fetch(first.url + "/x", 5, context=client_tls)
+    assert plain.hits == ["/md"] and https.hits == ["/md"]
+
+
+def test_metadata_url_must_be_https_unless_allowed(sp_keys: tuple[Path, Path]) -> None:
+    base = {"sp_key_file": sp_keys[0], "sp_cert_file": sp_keys[1]}
+    with pytest.raises(ValueError, match="https"):
+        SamlSettings.model_validate({**base, "idp_metadata_url": "http://idp.test/md"})
+    with pytest.raises(ValueError, match="https"):
+        SamlSettings.model_validate(
+            {**base, "idp_metadata_url": "ftp://idp.test/md", "allow_http_metadata_url": True}
+        )
+    SamlSettings.model_validate(
+        {**base, "idp_metadata_url": "http://idp.test/md", "allow_http_metadata_url": True}
+    )
