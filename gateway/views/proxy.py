@@ -122,6 +122,18 @@ CLIENT_HINT_HEADERS = frozenset(
         "x-host",
         "x-http-host-override",
         "x-rewrite-url",
+        # a TLS client certificate a front proxy verified (the gateway verifies
+        # none: a client must never bring its own)
+        "ssl-client-cert",
+        "x-ssl-client-cert",
+        "x-ssl-client-verify",
+        "x-ssl-client-dn",
+        "x-ssl-client-s-dn",
+        "x-ssl-client-i-dn",
+        "x-client-cert",
+        "x-client-verify",
+        "x-client-dn",
+        "x-arr-clientcert",
     }
 )
 # ... and every inbound header whose name starts with one of these (X-Forwarded-Ssl,

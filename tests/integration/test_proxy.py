@@ -123,6 +123,14 @@ CLIENT_HINTS: tuple[tuple[str, str], ...] = (
     ("X-Scheme", "https"),
     ("X-ARR-SSL", "on"),
     ("X-Rewrite-URL", "/admin/"),
+    # a client certificate the client vouches for itself
+    ("X-SSL-Client-Cert", "-----BEGIN CERTIFICATE-----"),
+    ("SSL-Client-Cert", "-----BEGIN CERTIFICATE-----"),
+    ("X-SSL-Client-Verify", "SUCCESS"),
+    ("X-SSL-Client-S-DN", "CN=admin"),
+    ("X-Client-Cert", "-----BEGIN CERTIFICATE-----"),
+    ("X-Client-Verify", "SUCCESS"),
+    ("X-ARR-ClientCert", "MIIB"),
 )
 # the client's own versions of the three the gateway writes, spelt oddly too
 CLIENT_FORWARDING: tuple[tuple[str, str], ...] = (
