@@ -66,6 +66,16 @@ import httptools
 
 from gateway.sockets import send_all
 
+try:  # the system call itself, not gevent's cooperative version: a zero timeout never waits
+    from gevent.monkey import get_original
+
+    _select, _poll = get_original("select", ["select", "poll"])
+except ImportError:  # pragma: no cover - gevent is a dependency of the default worker
+    _select, _poll = select.select, select.poll
+_SELECT_LIMIT = 1024  # FD_SETSIZE: select() takes no higher descriptor
+# readable, hung up or failed: an idle connection in any of these is not reused
+_READABLE = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
+
 __all__ = [
     "CHUNK",
     "MAX_HEAD",
@@ -731,31 +741,31 @@ class UpstreamPool:
         return self.connect_raw(), False
 
     def _checkin(self, sock: socket.socket) -> None:
-        """Back to the pool - unless bytes are already waiting behind the
-        answer that was read whole (checked again at checkout)."""
-        if self._closed or self.legacy or len(self._idle) >= self.maxsize or not self._usable(sock):
+        """Back to the pool (bytes that turn up behind the answer, now or
+        later, are found by the check at checkout: one look per reuse)."""
+        if self._closed or self.legacy or len(self._idle) >= self.maxsize:
             sock.close()
         else:
             self._idle.append((sock, time.monotonic()))
 
     def _usable(self, sock: socket.socket) -> bool:
         """Whether an idle connection is still open and quiet: the upstream may
-        have closed it (b"" waiting) or sent something unasked."""
-        pending = getattr(sock, "pending", None)  # TLS (stdlib's or gevent's SSLSocket)
-        if pending is not None:
-            if pending():
-                return False
-            try:
-                readable, _, _ = select.select([sock], [], [], 0)
-            except (OSError, ValueError):
-                return False
-            return not readable
+        have closed it (end of stream waiting) or sent something unasked.  One
+        poll of the descriptor with no wait, on every reuse."""
+        # TLS: a record already decrypted waits in the SSL object, not the socket
+        # (asked of pools that wrap, never by getattr: gevent's socket makes a
+        # missing attribute cost microseconds)
+        if self.tls is not None and sock.pending():  # type: ignore[attr-defined]
+            return False
         try:
-            sock.settimeout(0)
-            sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            sock.settimeout(self.read_timeout)
-            return True
-        except OSError:
+            fd = sock.fileno()
+            if fd < _SELECT_LIMIT:  # select is the cheaper call
+                fds = (fd,)
+                readable, _, failed = _select(fds, (), fds, 0)
+                return not readable and not failed
+            poller = _poll()  # no FD_SETSIZE limit
+            poller.register(fd, _READABLE)
+            return not poller.poll(0)
+        except (OSError, ValueError):
             return False
         return False

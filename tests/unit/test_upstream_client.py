@@ -926,3 +926,27 @@ def test_legacy_reading_keeps_framing_and_names_strict(
     with pytest.raises(UpstreamProtocolError):
         resp = pool.request("GET", "/", GET)
         body(resp.read1)
+
+
+@pytest.mark.parametrize("limit", [1024, 0])
+def test_the_idle_check_sees_data_and_an_end_of_stream(
+    monkeypatch: pytest.MonkeyPatch, limit: int
+) -> None:
+    """select below 1,024 descriptors, poll from there on (limit 0 takes poll
+    for every descriptor): both tell a quiet connection from one with bytes
+    waiting or closed by the other end."""
+    from gateway import upstream_client
+
+    monkeypatch.setattr(upstream_client, "_SELECT_LIMIT", limit)
+    pool = UpstreamPool(("127.0.0.1", 9), tls=None, connect_timeout=1, read_timeout=1, maxsize=1)
+    a, b = socket.socketpair()
+    with a, b:
+        assert pool._usable(a)
+        b.sendall(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+        time.sleep(0.05)
+        assert not pool._usable(a)
+        a.recv(1024)
+        assert pool._usable(a)
+        b.close()
+        time.sleep(0.05)
+        assert not pool._usable(a)
