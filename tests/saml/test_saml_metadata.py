@@ -28,6 +28,7 @@ from gateway.providers.saml import (
 from gateway.settings import load_settings
 from gateway.settings_saml import SamlSettings
 from tests.flows.conftest import Gateway
+from tests.integration.pki import make_pki
 from tests.peers import require_binary
 from tests.saml.conftest import ACS_URL, PUBLIC_URL, SP_ENTITY_ID, saml_login
 from tests.saml_idp import SamlIdp, cert_body, sha256_fingerprint
@@ -352,51 +353,18 @@ class _Server:
 
 
 @pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A key and a certificate for 127.0.0.1 (the metadata server's name)."""
-    import datetime as dt
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
-
-    directory = tmp_path_factory.mktemp("metadata-tls")
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    key_path, cert_path = directory / "k.pem", directory / "c.pem"
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key_path, cert_path
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(key, certificate, CA) of the tests' throwaway PKI: a server certificate
+    for 127.0.0.1 (the metadata server's name)."""
+    pki = make_pki(tmp_path_factory.mktemp("metadata-tls"))
+    return pki.server_key, pki.server_cert, pki.ca
 
 
-def _tls(tls_files: tuple[Path, Path]) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """(server context, client context trusting only that server)."""
+def _tls(tls_files: tuple[Path, Path, Path]) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server context, client context trusting only that PKI)."""
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(str(tls_files[1]), str(tls_files[0]))
-    client = ssl.create_default_context(cafile=str(tls_files[1]))
+    client = ssl.create_default_context(cafile=str(tls_files[2]))
     return server, client
 
 
@@ -414,7 +382,7 @@ def _redirect(
 
 
 def test_https_metadata_redirected_to_http_is_refused(
-    sp_keys: tuple[Path, Path], tls_files: tuple[Path, Path]
+    sp_keys: tuple[Path, Path], tls_files: tuple[Path, Path, Path]
 ) -> None:
     """An on-path attacker who can make the https endpoint redirect (or who
     answers a redirect's target) must not get to serve the trust anchor over
@@ -448,7 +416,7 @@ def test_https_metadata_redirected_to_http_is_refused(
 
 @pytest.mark.parametrize("location", ["ftp://127.0.0.1/md.xml", "file:///etc/passwd"])
 def test_metadata_redirect_to_another_scheme_is_refused(
-    tls_files: tuple[Path, Path], location: str
+    tls_files: tuple[Path, Path, Path], location: str
 ) -> None:
     server_tls, client_tls = _tls(tls_files)
     with _Server(_redirect(location, 301), server_tls) as https:
@@ -456,7 +424,7 @@ def test_metadata_redirect_to_another_scheme_is_refused(
             _default_fetch(https.url + "/md", 5, context=client_tls)
 
 
-def test_https_metadata_redirected_to_https_is_followed(tls_files: tuple[Path, Path]) -> None:
+def test_https_metadata_redirected_to_https_is_followed(tls_files: tuple[Path, Path, Path]) -> None:
     server_tls, client_tls = _tls(tls_files)
     with _Server(_serve, server_tls) as final:
         target = final.url + "/FederationMetadata/2007-06/FederationMetadata.xml"
@@ -466,7 +434,7 @@ def test_https_metadata_redirected_to_https_is_followed(tls_files: tuple[Path, P
 
 
 def test_http_metadata_url_allowed_for_tests_may_redirect_to_http_or_https(
-    tls_files: tuple[Path, Path],
+    tls_files: tuple[Path, Path, Path],
 ) -> None:
     """``allow_http_metadata_url`` lets an http URL through the settings (tests
     only); its redirects may stay on http or go to https, and no further."""
