@@ -1015,6 +1015,8 @@ def _request_body(environ: dict[str, Any]) -> tuple[Iterable[bytes] | None, int 
         if not _DIGITS.match(length_text):
             raise ValueError("bad Content-Length")  # the server has refused these already
         length = int(length_text)
+        if length == 0:
+            return None, 0  # no body: nothing to stream (a GET may say so and be pooled)
 
         def fixed() -> Iterator[bytes]:
             left = length

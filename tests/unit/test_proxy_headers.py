@@ -333,3 +333,17 @@ def test_an_upstream_never_gives_orders_to_a_web_server_in_front(name: str, pers
         status=200,
     )
     assert [n for n, _ in answer if n.lower() not in ("content-type", "cache-control")] == []
+
+
+def test_a_zero_content_length_is_no_body() -> None:
+    """A GET that says Content-Length: 0 carries no body: nothing for a device
+    to misread, so its upstream connection may be pooled (a body on a GET ends
+    its connection; see upstream_client)."""
+    import io
+
+    from gateway.views.proxy import _request_body
+
+    body, length = _request_body({"wsgi.input": io.BytesIO(b""), "CONTENT_LENGTH": "0"})
+    assert (body, length) == (None, 0)
+    body, length = _request_body({"wsgi.input": io.BytesIO(b"abc"), "CONTENT_LENGTH": "3"})
+    assert length == 3 and body is not None and b"".join(body) == b"abc"
