@@ -103,9 +103,7 @@ def create_app(
     signer = None
     if settings.jwt.enabled:
         signer = AssertionSigner(
-            settings.resolve_path(settings.jwt.key_file)
-            if settings.jwt.key_file
-            else data_dir / "jwt-signing-key.json",
+            settings.jwt_key_path,
             issuer=settings.jwt.issuer or settings.public_url or "intercom-sso-gateway",
             audience=settings.jwt.audience,
             lifetime=settings.jwt.lifetime,

@@ -290,7 +290,7 @@ def _jwt_problems(settings: Settings) -> list[Problem]:
         return []
     from gateway.assertion import key_file_problems
 
-    signing = _jwt_key_path(settings)
+    signing = settings.jwt_key_path
     published = [settings.resolve_path(p) for p in settings.jwt.published_key_files]
     return [
         Problem(
@@ -300,12 +300,6 @@ def _jwt_problems(settings: Settings) -> list[Problem]:
         )
         for index, reason in key_file_problems(signing, published)
     ]
-
-
-def _jwt_key_path(settings: Settings) -> Path:
-    if settings.jwt.key_file:
-        return settings.resolve_path(settings.jwt.key_file)
-    return settings.resolve_path(settings.data_dir) / "jwt-signing-key.json"
 
 
 def _saml_problems(settings: Settings) -> list[Problem]:

@@ -304,6 +304,13 @@ class Settings(_Model):
         return self.resolve_destination(self.access_log.destination)
 
     @property
+    def jwt_key_path(self) -> Path:
+        """The assertion's signing key: jwt.key_file, else one generated into data_dir."""
+        if self.jwt.key_file:
+            return self.resolve_path(self.jwt.key_file)
+        return self.resolve_path(self.data_dir) / "jwt-signing-key.json"
+
+    @property
     def sessions_dir(self) -> Path:
         if self.session.file_dir is not None:
             return self.resolve_path(self.session.file_dir)
